@@ -1,0 +1,18 @@
+# ModalityMirror reproduction pipeline. Stages live in workflow/rules/*.smk; the logic
+# lives in the `avfl` package (src/avfl), which every rule calls as `python -m avfl`.
+#
+#   snakemake --cores 2 all                                  # embedded synthetic dataset
+#   snakemake --cores 8 --resources gpu=2 all --configfile config/ucf101.yaml
+
+
+configfile: workflow.source_path("config/config.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,3 @@
+from avfl.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Command-line entry points called by the workflow's rules (`python -m avfl <command>`).
+
+Each command takes the settings of its own stage as JSON (the rule's `params:`), so a
+rule reruns exactly when the settings it depends on change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _settings(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"--settings is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise SystemExit("--settings must be a JSON object")
+    return value
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from avfl.data import synthetic
+
+    summary = synthetic.generate(_settings(args.settings), args.out, workers=args.threads)
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from avfl.data import extract
+
+    rows = extract.extract_dataset(args.raw, args.out, _settings(args.settings), threads=args.threads)
+    summary = extract.summarise(rows)
+    print(summary, file=sys.stderr)  # the rule's log
+    print(f"[extract] {args.out}: {summary}")  # the terminal
+    return 0
+
+
+def cmd_import_layout(args: argparse.Namespace) -> int:
+    from avfl.data import ucf101
+
+    try:
+        n_classes, n_clips = ucf101.link_layout(args.source, args.out)
+    except ucf101.LayoutError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"linked {args.source}: {n_classes} classes, {n_clips} listed clips", file=sys.stderr)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from avfl.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.configfile)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(json.dumps(config, indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="avfl", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write the embedded synthetic dataset in UCF101 layout")
+    p.add_argument("--settings", required=True, help="JSON of the dataset's `synthetic` config block")
+    p.add_argument("--out", required=True, help="output folder (UCF-101/ and ucfTrainTestlist/ inside)")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("extract", help="middle frames + log-mel fbank of a UCF101-layout folder")
+    p.add_argument("--raw", required=True, help="folder holding UCF-101/ and ucfTrainTestlist/")
+    p.add_argument("--out", required=True, help="feature folder to write")
+    p.add_argument("--settings", required=True, help="JSON of the dataset's `extract` config block")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("import-layout", help="use an existing UCF101-layout copy (symlinked, validated)")
+    p.add_argument("--source", required=True, help="folder holding UCF-101/ and ucfTrainTestlist/")
+    p.add_argument("--out", required=True, help="raw-data folder of the workflow to create")
+    p.set_defaults(func=cmd_import_layout)
+
+    p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
+    p.add_argument("configfile", nargs="+")
+    p.set_defaults(func=cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,1 @@
+"""Data stage: raw dataset layouts, the embedded synthetic generator, and feature extraction."""

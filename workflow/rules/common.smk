@@ -1,0 +1,73 @@
+# Config validation, paths and input functions shared by every stage.
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+# The rules call `python -m avfl`: make the package importable without installing it
+# (also inside conda environments) by putting src/ on the path of every job.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (SRC, os.environ.get("PYTHONPATH")))))
+
+from avfl.config import ConfigError, validate_config  # noqa: E402
+
+try:
+    _validated = validate_config(config)
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+config.clear()
+config.update(_validated)
+
+DATA = config["data_dir"]
+RUN = config["run_datasets"]
+DATASETS = config["datasets"]
+ENV = "../../envs/avfl.yaml"
+
+
+def datasets_from(*sources):
+    """Names of the configured datasets whose raw data comes from one of `sources`."""
+    return [name for name, ds in DATASETS.items() if ds["source"] in sources]
+
+
+def one_of(names):
+    """A wildcard constraint that matches exactly these names (never empty)."""
+    return "|".join(map(str, names)) if names else "(?!x)x"
+
+
+for _name in RUN:
+    _ds = DATASETS[_name]
+    if _ds["source"] != "synthetic" and not _ds.get("source_dir"):
+        raise WorkflowError(
+            f"datasets.{_name}: automatic download of {_ds['source']} is not available in this "
+            f"version; set datasets.{_name}.source_dir to a folder holding UCF-101/ and "
+            f"ucfTrainTestlist/ (the layout the official archives unpack to)"
+        )
+    if _ds["source"] == "activitynet":
+        raise WorkflowError(
+            f"datasets.{_name}: ActivityNet acquisition and layout conversion are not available "
+            f"in this version; run the synthetic or UCF101 configs"
+        )
+
+
+def stage_settings(dataset, section):
+    """JSON of one config block of a dataset: a rule's params, so it reruns when they change."""
+    return json.dumps(DATASETS[dataset][section], sort_keys=True)
+
+
+def features(dataset):
+    """The extraction outputs of one dataset."""
+    return {
+        name.split(".")[0]: f"{DATA}/features/{dataset}/{name}"
+        for name in ("manifest.tsv", "frames.npy", "fbank.npy", "norm_stats.json")
+    }
+
+
+def all_targets():
+    targets = []
+    for name in RUN:
+        targets += list(features(name).values())
+    return targets

@@ -1,0 +1,65 @@
+# Raw data (generated or imported in UCF101 layout) and feature extraction.
+
+
+rule generate_synthetic:
+    output:
+        directory(f"{DATA}/raw/{{dataset}}"),
+    params:
+        settings=lambda w: stage_settings(w.dataset, "synthetic"),
+    wildcard_constraints:
+        dataset=one_of(datasets_from("synthetic")),
+    log:
+        "results/logs/{dataset}/generate.log",
+    benchmark:
+        "results/benchmarks/{dataset}/generate.tsv"
+    threads: 2
+    resources:
+        mem_mb=2000,
+    conda:
+        ENV
+    shell:
+        "python -m avfl generate --settings {params.settings:q} --out {output} "
+        "--threads {threads} 2> {log}"
+
+
+rule import_source_dir:
+    output:
+        directory(f"{DATA}/raw/{{dataset}}"),
+    params:
+        source=lambda w: DATASETS[w.dataset]["source_dir"],
+    wildcard_constraints:
+        dataset=one_of(datasets_from("ucf101")),
+    log:
+        "results/logs/{dataset}/import.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+    conda:
+        ENV
+    shell:
+        "python -m avfl import-layout --source {params.source:q} --out {output} 2> {log}"
+
+
+rule extract_features:
+    input:
+        raw=f"{DATA}/raw/{{dataset}}",
+    output:
+        manifest=f"{DATA}/features/{{dataset}}/manifest.tsv",
+        frames=f"{DATA}/features/{{dataset}}/frames.npy",
+        fbank=f"{DATA}/features/{{dataset}}/fbank.npy",
+        norm_stats=f"{DATA}/features/{{dataset}}/norm_stats.json",
+    params:
+        settings=lambda w: stage_settings(w.dataset, "extract"),
+        out=lambda w, output: os.path.dirname(output.manifest),
+    log:
+        "results/logs/{dataset}/extract.log",
+    benchmark:
+        "results/benchmarks/{dataset}/extract.tsv"
+    threads: 8
+    resources:
+        mem_mb=4000,
+    conda:
+        ENV
+    shell:
+        "python -m avfl extract --raw {input.raw} --out {params.out} "
+        "--settings {params.settings:q} --threads {threads} 2> {log}"
