@@ -33,7 +33,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_extract(args: argparse.Namespace) -> int:
     from avfl.data import extract
 
-    rows = extract.extract_dataset(args.raw, args.out, _settings(args.settings), threads=args.threads)
+    rows = extract.extract_dataset(
+        args.raw, args.out, _settings(args.settings), threads=args.threads
+    )
     summary = extract.summarise(rows)
     print(summary, file=sys.stderr)  # the rule's log
     print(f"[extract] {args.out}: {summary}")  # the terminal
@@ -69,8 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write the embedded synthetic dataset in UCF101 layout")
-    p.add_argument("--settings", required=True, help="JSON of the dataset's `synthetic` config block")
-    p.add_argument("--out", required=True, help="output folder (UCF-101/ and ucfTrainTestlist/ inside)")
+    p.add_argument(
+        "--settings", required=True, help="JSON of the dataset's `synthetic` config block"
+    )
+    p.add_argument(
+        "--out", required=True, help="output folder (UCF-101/ and ucfTrainTestlist/ inside)"
+    )
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_generate)
 
@@ -81,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_extract)
 
-    p = sub.add_parser("import-layout", help="use an existing UCF101-layout copy (symlinked, validated)")
+    p = sub.add_parser(
+        "import-layout", help="use an existing UCF101-layout copy (symlinked, validated)"
+    )
     p.add_argument("--source", required=True, help="folder holding UCF-101/ and ucfTrainTestlist/")
     p.add_argument("--out", required=True, help="raw-data folder of the workflow to create")
     p.set_defaults(func=cmd_import_layout)

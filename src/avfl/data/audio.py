@@ -72,7 +72,9 @@ def decode_audio(path: str, max_seconds: float) -> DecodedAudio:
 
 def to_mono_resampled(samples: np.ndarray, sample_rate: int, target_rate: int) -> torch.Tensor:
     """Average the channels, then resample (torchaudio's windowed-sinc) to `target_rate`: (1, n)."""
-    mono = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).mean(dim=0, keepdim=True)
+    mono = torch.from_numpy(np.ascontiguousarray(samples, dtype=np.float32)).mean(
+        dim=0, keepdim=True
+    )
     if sample_rate != target_rate:
         mono = torchaudio.functional.resample(mono, sample_rate, target_rate)
     return mono
@@ -83,7 +85,9 @@ def min_samples(sample_rate: int) -> int:
     return int(sample_rate * WINDOW_MS / 1000)
 
 
-def log_mel_fbank(waveform: torch.Tensor, sample_rate: int, num_mel_bins: int, target_frames: int) -> tuple[np.ndarray, int]:
+def log_mel_fbank(
+    waveform: torch.Tensor, sample_rate: int, num_mel_bins: int, target_frames: int
+) -> tuple[np.ndarray, int]:
     """SSAST fbank of a (1, n) waveform, padded/cut to (target_frames, num_mel_bins).
 
     Returns the array and the number of frames computed before padding.

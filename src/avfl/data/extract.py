@@ -36,7 +36,14 @@ from avfl.data.manifest import (
     write_manifest,
 )
 
-__all__ = ["OUTPUT_FILES", "ClipResult", "extract_clip", "extract_dataset", "norm_stats", "summarise"]
+__all__ = [
+    "OUTPUT_FILES",
+    "ClipResult",
+    "extract_clip",
+    "extract_dataset",
+    "norm_stats",
+    "summarise",
+]
 
 OUTPUT_FILES = ("manifest.tsv", "frames.npy", "fbank.npy", "norm_stats.json")
 
@@ -92,7 +99,9 @@ def _extract_clip(path: str, settings: Mapping[str, Any]) -> ClipResult:
     try:
         decoded = audio.decode_audio(path, settings["audio_seconds"])
         result.sample_rate, result.channels = decoded.sample_rate, decoded.channels
-        mono = audio.to_mono_resampled(decoded.samples, decoded.sample_rate, settings["sample_rate"])
+        mono = audio.to_mono_resampled(
+            decoded.samples, decoded.sample_rate, settings["sample_rate"]
+        )
         fbank, n_frames = audio.log_mel_fbank(
             mono, settings["sample_rate"], settings["num_mel_bins"], settings["target_frames"]
         )
@@ -114,24 +123,47 @@ def _job(args: tuple[str, Mapping[str, Any]]) -> ClipResult:
     return extract_clip(*args)
 
 
-def extract_dataset(raw_dir: str | Path, out_dir: str | Path, settings: Mapping[str, Any], threads: int = 1, progress: bool = True) -> list[ManifestRow]:
+def extract_dataset(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    settings: Mapping[str, Any],
+    threads: int = 1,
+    progress: bool = True,
+) -> list[ManifestRow]:
     """Run extraction over every listed clip of a UCF101-layout folder and write the outputs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _classes, clips = ucf101.read_layout(raw_dir)
     jobs = [(str(ucf101.resolve_video(raw_dir, c.rel_path)), dict(settings)) for c in clips]
     n = len(jobs)
-    size, frames_t, bins = settings["frame_size"], settings["target_frames"], settings["num_mel_bins"]
-    tmp_frames = np.lib.format.open_memmap(out / "frames.tmp.npy", mode="w+", dtype=np.uint8, shape=(max(n, 1), size, size, 3))
-    tmp_fbank = np.lib.format.open_memmap(out / "fbank.tmp.npy", mode="w+", dtype=np.float32, shape=(max(n, 1), frames_t, bins))
+    size, frames_t, bins = (
+        settings["frame_size"],
+        settings["target_frames"],
+        settings["num_mel_bins"],
+    )
+    tmp_frames = np.lib.format.open_memmap(
+        out / "frames.tmp.npy", mode="w+", dtype=np.uint8, shape=(max(n, 1), size, size, 3)
+    )
+    tmp_fbank = np.lib.format.open_memmap(
+        out / "fbank.tmp.npy", mode="w+", dtype=np.float32, shape=(max(n, 1), frames_t, bins)
+    )
     results: list[ClipResult] = []
-    pool = ProcessPoolExecutor(max_workers=threads, initializer=_worker_init) if threads > 1 else None
+    pool = (
+        ProcessPoolExecutor(max_workers=threads, initializer=_worker_init) if threads > 1 else None
+    )
+    import torch
+
+    caller_threads = torch.get_num_threads()
+    if pool is None:
+        _worker_init()  # same single-threaded numerics in-process: same bytes for any `threads`
     try:
         iterator = pool.map(_job, jobs, chunksize=4) if pool else map(_job, jobs)
         if progress:
             from tqdm import tqdm
 
-            iterator = tqdm(iterator, total=n, desc="extract", unit="clip", file=sys.stderr, mininterval=2.0)
+            iterator = tqdm(
+                iterator, total=n, desc="extract", unit="clip", file=sys.stderr, mininterval=2.0
+            )
         for i, result in enumerate(iterator):
             if result.status == STATUS_OK:
                 tmp_frames[i] = result.frame
@@ -141,6 +173,7 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, settings: Mapping[
     finally:
         if pool:
             pool.shutdown()
+        torch.set_num_threads(caller_threads)
     rows = _build_rows(clips, results, settings["min_clips_per_class"])
     keep = [i for i, r in enumerate(rows) if r.status == STATUS_OK]
     _compact(tmp_frames, keep, out / "frames.npy")
@@ -150,12 +183,18 @@ def extract_dataset(raw_dir: str | Path, out_dir: str | Path, settings: Mapping[
     (out / "fbank.tmp.npy").unlink()
     write_manifest(out / "manifest.tsv", rows)
     stats = norm_stats(rows, np.load(out / "fbank.npy", mmap_mode="r"))
-    (out / "norm_stats.json").write_text(json.dumps({"settings": dict(settings), "folds": stats}, indent=2, sort_keys=True) + "\n")
+    (out / "norm_stats.json").write_text(
+        json.dumps({"settings": dict(settings), "folds": stats}, indent=2, sort_keys=True) + "\n"
+    )
     return rows
 
 
-def _build_rows(clips: Sequence[ucf101.ClipRef], results: Sequence[ClipResult], min_per_class: int) -> list[ManifestRow]:
-    usable = Counter(c.class_name for c, r in zip(clips, results, strict=True) if r.status == STATUS_OK)
+def _build_rows(
+    clips: Sequence[ucf101.ClipRef], results: Sequence[ClipResult], min_per_class: int
+) -> list[ManifestRow]:
+    usable = Counter(
+        c.class_name for c, r in zip(clips, results, strict=True) if r.status == STATUS_OK
+    )
     kept = sorted({c.class_index for c in clips if usable[c.class_name] >= min_per_class})
     label_of = {idx: label for label, idx in enumerate(kept)}
     rows: list[ManifestRow] = []
@@ -194,7 +233,9 @@ def _build_rows(clips: Sequence[ucf101.ClipRef], results: Sequence[ClipResult], 
 
 def _compact(source: np.ndarray, keep: Sequence[int], path: Path, chunk: int = 256) -> None:
     """Copy the kept rows of a temporary memmap into the final .npy, a chunk at a time."""
-    target = np.lib.format.open_memmap(path, mode="w+", dtype=source.dtype, shape=(len(keep), *source.shape[1:]))
+    target = np.lib.format.open_memmap(
+        path, mode="w+", dtype=source.dtype, shape=(len(keep), *source.shape[1:])
+    )
     for start in range(0, len(keep), chunk):
         idx = list(keep[start : start + chunk])
         target[start : start + len(idx)] = source[idx]

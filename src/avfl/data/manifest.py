@@ -80,8 +80,13 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader)
         if header != COLUMNS:
-            raise ValueError(f"{path}: unexpected manifest columns {header}; re-run the extract rule")
-        return [ManifestRow(**{k: _parse(k, v) for k, v in zip(header, values, strict=True)}) for values in reader]
+            raise ValueError(
+                f"{path}: unexpected manifest columns {header}; re-run the extract rule"
+            )
+        return [
+            ManifestRow(**{k: _parse(k, v) for k, v in zip(header, values, strict=True)})
+            for values in reader
+        ]
 
 
 def summarise(rows: Sequence[ManifestRow]) -> str:

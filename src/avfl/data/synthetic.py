@@ -131,10 +131,18 @@ def plan_clips(settings: Mapping[str, Any]) -> list[ClipSpec]:
                 )
     # Break a few clips on purpose, spread over classes with audio.
     n_corrupt = min(settings["n_corrupt"], len(specs))
-    audible_idx = [s.index for s in specs if s.class_index < settings["n_classes"] - settings["n_silent_classes"]]
-    for j, idx in enumerate(sorted(rng.choice(audible_idx, size=n_corrupt, replace=False).tolist())):
+    audible_idx = [
+        s.index
+        for s in specs
+        if s.class_index < settings["n_classes"] - settings["n_silent_classes"]
+    ]
+    for j, idx in enumerate(
+        sorted(rng.choice(audible_idx, size=n_corrupt, replace=False).tolist())
+    ):
         spec = specs[idx]
-        specs[idx] = ClipSpec(**{**spec.__dict__, "corrupt": "truncated" if j % 2 == 0 else "empty"})
+        specs[idx] = ClipSpec(
+            **{**spec.__dict__, "corrupt": "truncated" if j % 2 == 0 else "empty"}
+        )
     return specs
 
 
@@ -171,7 +179,9 @@ def render_frames(spec: ClipSpec, ident: ClassIdentity, settings: Mapping[str, A
     return frames
 
 
-def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float) -> np.ndarray:
+def _shape_mask(
+    shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float, r: float
+) -> np.ndarray:
     dx, dy = xx - cx, yy - cy
     if shape == "disc":
         return dx * dx + dy * dy <= r * r
@@ -180,7 +190,9 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float
     if shape == "triangle":
         return (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
     if shape == "cross":
-        return ((np.abs(dx) <= r * 0.3) & (np.abs(dy) <= r)) | ((np.abs(dy) <= r * 0.3) & (np.abs(dx) <= r))
+        return ((np.abs(dx) <= r * 0.3) & (np.abs(dy) <= r)) | (
+            (np.abs(dy) <= r * 0.3) & (np.abs(dx) <= r)
+        )
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -217,7 +229,9 @@ def render_audio(spec: ClipSpec, ident: ClassIdentity, settings: Mapping[str, An
     if group_rng.random() < 0.8:
         other = int(group_rng.integers(n_sounds))
         g_f0, g_am, g_h = sound_parameters(other, n_sounds)
-        signal += float(group_rng.uniform(0.5, 1.0)) * tone(g_f0, g_am, g_h, float(clip_rng.uniform(0, 6)))
+        signal += float(group_rng.uniform(0.5, 1.0)) * tone(
+            g_f0, g_am, g_h, float(clip_rng.uniform(0, 6))
+        )
     signal /= np.sqrt(np.mean(signal**2)) + 1e-12
     noise = clip_rng.normal(0.0, 1.0, size=(spec.channels, n))
     noise *= 10 ** (-spec.snr_db / 20.0)
@@ -227,7 +241,13 @@ def render_audio(spec: ClipSpec, ident: ClassIdentity, settings: Mapping[str, An
     return wave.astype(np.float32)
 
 
-def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray | None, spec: ClipSpec, settings: Mapping[str, Any]) -> None:
+def write_clip(
+    path: Path,
+    frames: np.ndarray,
+    audio: np.ndarray | None,
+    spec: ClipSpec,
+    settings: Mapping[str, Any],
+) -> None:
     """Encode frames (+ audio) into an MP4 (H.264 + AAC) or AVI (MPEG-4 + MP3) file."""
     video_codec, audio_codec = ("libx264", "aac") if spec.ext == "mp4" else ("mpeg4", "libmp3lame")
     tmp = path.with_name(path.name + ".part")
@@ -246,14 +266,18 @@ def write_clip(path: Path, frames: np.ndarray, audio: np.ndarray | None, spec: C
             layout = "mono" if spec.channels == 1 else "stereo"
             # Fastest encoder settings: the content, not the coding efficiency, matters here.
             options = {"aac_coder": "fast"} if audio_codec == "aac" else {"compression_level": "9"}
-            astream = container.add_stream(audio_codec, rate=spec.sample_rate, layout=layout, options=options)
+            astream = container.add_stream(
+                audio_codec, rate=spec.sample_rate, layout=layout, options=options
+            )
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = i
             container.mux(vstream.encode(frame))
         container.mux(vstream.encode(None))
         if astream is not None and audio is not None:
-            aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout=astream.layout.name)
+            aframe = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(audio), format="fltp", layout=astream.layout.name
+            )
             aframe.sample_rate = spec.sample_rate
             aframe.pts = 0
             container.mux(astream.encode(aframe))
@@ -277,7 +301,9 @@ def _render_one(job: tuple[ClipSpec, ClassIdentity, dict[str, Any], str]) -> str
     return str(path)
 
 
-def generate(settings: Mapping[str, Any], out_dir: str | Path, workers: int = 1, progress: bool = True) -> dict[str, Any]:
+def generate(
+    settings: Mapping[str, Any], out_dir: str | Path, workers: int = 1, progress: bool = True
+) -> dict[str, Any]:
     """Write the dataset under out_dir in UCF101 layout; returns a summary."""
     settings = dict(settings)
     out = Path(out_dir)
@@ -301,7 +327,9 @@ def generate(settings: Mapping[str, Any], out_dir: str | Path, workers: int = 1,
     if pool is not None:
         pool.shutdown()
     classes = [i.name for i in idents]
-    entries = [(idents[s.class_index].name, s.group, s.rel_path(idents[s.class_index].name)) for s in specs]
+    entries = [
+        (idents[s.class_index].name, s.group, s.rel_path(idents[s.class_index].name)) for s in specs
+    ]
     ucf101.write_split_lists(out / ucf101.SPLIT_DIR, classes, entries)
     return {
         "clips": len(specs),

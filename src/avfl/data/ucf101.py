@@ -58,7 +58,9 @@ def parse_clip_name(name: str) -> tuple[str, int, int]:
     return match["cls"], int(match["group"]), int(match["clip"])
 
 
-def write_split_lists(split_dir: Path, classes: Sequence[str], entries: Iterable[tuple[str, int, str]]) -> None:
+def write_split_lists(
+    split_dir: Path, classes: Sequence[str], entries: Iterable[tuple[str, int, str]]
+) -> None:
     """Write classInd.txt, trainlist0k.txt and testlist0k.txt exactly as UCF101 ships them.
 
     entries: (class name, group, "<Class>/<file>") per clip.
@@ -70,9 +72,10 @@ def write_split_lists(split_dir: Path, classes: Sequence[str], entries: Iterable
     entries = list(entries)
     for split in range(1, N_SPLITS + 1):
         held = test_groups(split)
-        with open(split_dir / f"trainlist0{split}.txt", "w", newline="\r\n") as train, open(
-            split_dir / f"testlist0{split}.txt", "w", newline="\r\n"
-        ) as test:
+        with (
+            open(split_dir / f"trainlist0{split}.txt", "w", newline="\r\n") as train,
+            open(split_dir / f"testlist0{split}.txt", "w", newline="\r\n") as test,
+        ):
             for name, group, rel in entries:
                 if group in held:
                     test.write(f"{rel}\n")
@@ -96,7 +99,9 @@ def read_layout(root: str | Path) -> tuple[list[str], list[ClipRef]]:
             continue
         parts = line.split()
         if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(classes) + 1:
-            raise LayoutError(f"{class_file}:{n}: expected '<index> <Class>' with consecutive indices, got {line!r}")
+            raise LayoutError(
+                f"{class_file}:{n}: expected '<index> <Class>' with consecutive indices, got {line!r}"
+            )
         classes.append(parts[1])
     by_lower = {c.lower(): i for i, c in enumerate(classes)}
     clips: dict[str, ClipRef] = {}
@@ -104,7 +109,9 @@ def read_layout(root: str | Path) -> tuple[list[str], list[ClipRef]]:
         for kind in ("train", "test"):
             list_file = split_dir / f"{kind}list0{split}.txt"
             if not list_file.is_file():
-                raise LayoutError(f"{list_file} not found: the UCF101 split lists come in pairs for splits 1-3")
+                raise LayoutError(
+                    f"{list_file} not found: the UCF101 split lists come in pairs for splits 1-3"
+                )
             for n, line in enumerate(list_file.read_text().splitlines(), start=1):
                 if not line.strip():
                     continue
@@ -113,7 +120,9 @@ def read_layout(root: str | Path) -> tuple[list[str], list[ClipRef]]:
                 # UCF101's own lists spell some class folders differently from classInd
                 # (e.g. HandStandPushups vs HandstandPushups): match case-insensitively.
                 if folder.lower() not in by_lower:
-                    raise LayoutError(f"{list_file}:{n}: class folder {folder!r} is not in classInd.txt")
+                    raise LayoutError(
+                        f"{list_file}:{n}: class folder {folder!r} is not in classInd.txt"
+                    )
                 cls_idx = by_lower[folder.lower()]
                 _, group, clip = parse_clip_name(rel)
                 canonical = f"{classes[cls_idx]}/{Path(rel).name}"
@@ -122,7 +131,9 @@ def read_layout(root: str | Path) -> tuple[list[str], list[ClipRef]]:
                     ref = ClipRef(canonical, classes[cls_idx], cls_idx + 1, group, clip, {})
                     clips[canonical] = ref
                 ref.folds[split] = kind
-    return classes, sorted(clips.values(), key=lambda r: (r.class_index, r.group, r.clip, r.rel_path))
+    return classes, sorted(
+        clips.values(), key=lambda r: (r.class_index, r.group, r.clip, r.rel_path)
+    )
 
 
 def resolve_video(root: str | Path, rel_path: str) -> Path:

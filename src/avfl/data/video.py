@@ -27,7 +27,9 @@ class MiddleFrame:
     duration_s: float  # duration of the video stream
 
 
-def _stream_span(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> tuple[float, float] | None:
+def _stream_span(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[float, float] | None:
     """(start, duration) of the video stream in seconds, or None if the file does not say."""
     tb = stream.time_base
     start = float(stream.start_time * tb) if stream.start_time is not None and tb else 0.0
@@ -58,7 +60,9 @@ def _truncation_check(last_time: float | None, target: float, fps: float) -> Non
     if last_time is None:
         raise VideoError("no decodable video frame")
     if last_time < target - slack:
-        raise VideoError(f"video truncated: frames end at {last_time:.2f} s, before the middle at {target:.2f} s")
+        raise VideoError(
+            f"video truncated: frames end at {last_time:.2f} s, before the middle at {target:.2f} s"
+        )
 
 
 def middle_frame_seek(path: str) -> MiddleFrame:
@@ -71,7 +75,9 @@ def middle_frame_seek(path: str) -> MiddleFrame:
         start, duration = span
         target = start + duration / 2
         fps = float(stream.average_rate or stream.guessed_rate or 0)
-        container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+        container.seek(
+            int(target / stream.time_base), stream=stream, backward=True, any_frame=False
+        )
         chosen, chosen_time = _scan_to(container.decode(stream), target, fps)
         if chosen is None or chosen_time is None:
             # The seek overshot (imprecise index) or timestamps are missing: read from the start.
@@ -121,7 +127,9 @@ def middle_frame_decode_all(path: str) -> MiddleFrame:
             raise VideoError("no decodable video frame")
         before = [(f, t) for f, t in decoded if t is not None and t <= target + 1e-9]
         if not before:
-            return MiddleFrame(decoded[0][0].to_ndarray(format="rgb24"), decoded[0][1] or 0.0, duration)
+            return MiddleFrame(
+                decoded[0][0].to_ndarray(format="rgb24"), decoded[0][1] or 0.0, duration
+            )
         frame, t = max(before, key=lambda ft: ft[1])
         _truncation_check(max(t for _, t in decoded if t is not None), target, fps)
         return MiddleFrame(frame.to_ndarray(format="rgb24"), t, duration)
