@@ -10,6 +10,7 @@ configfile: workflow.source_path("config/config.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/partition.smk"
 
 
 rule all:

@@ -63,8 +63,12 @@ def rate(fn, paths: list[str], repeats: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--raw", type=Path, help="UCF101-layout folder (default: generate UCF101-like clips)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--raw", type=Path, help="UCF101-layout folder (default: generate UCF101-like clips)"
+    )
     parser.add_argument("--limit", type=int, default=100, help="clips to time")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many passes")
     args = parser.parse_args()
@@ -73,16 +77,29 @@ def main() -> None:
         raw = args.raw
         if raw is None:
             settings = validate_config(
-                {"run_datasets": ["b"], "datasets": {"b": {"source": "synthetic", "synthetic": UCF101_LIKE, "extract": {}}}}
+                {
+                    "run_datasets": ["b"],
+                    "datasets": {
+                        "b": {"source": "synthetic", "synthetic": UCF101_LIKE, "extract": {}}
+                    },
+                }
             )["datasets"]["b"]["synthetic"]
             raw = Path(tmp)
             start = time.perf_counter()
             summary = synthetic.generate(settings, raw, workers=2, progress=False)
-            print(f"generated {summary['clips']} UCF101-like clips (320x240, 25 fps, 4-10 s) in {time.perf_counter() - start:.1f} s")
+            print(
+                f"generated {summary['clips']} UCF101-like clips (320x240, 25 fps, 4-10 s) in {time.perf_counter() - start:.1f} s"
+            )
         paths = clip_paths(raw, args.limit)
         seek = rate(video.middle_frame_seek, paths, args.repeats)
         full = rate(video.middle_frame_decode_all, paths, args.repeats)
-        settings = {"frame_size": 224, "audio_seconds": 5.0, "sample_rate": 16000, "num_mel_bins": 128, "target_frames": 512}
+        settings = {
+            "frame_size": 224,
+            "audio_seconds": 5.0,
+            "sample_rate": 16000,
+            "num_mel_bins": 128,
+            "target_frames": 512,
+        }
         clip = rate(lambda p: extract.extract_clip(p, settings), paths, 1)
     print(f"clips timed: {len(paths)} (single process, best of {args.repeats})")
     print(f"middle frame, seek:             {seek:8.1f} clips/s")

@@ -46,7 +46,9 @@ def write_media(
             data = audio
             if fmt == "s16":
                 data = np.round(np.clip(audio, -1, 1) * 32767).astype(np.int16).T.reshape(1, -1)
-            aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format=fmt, layout=astream.layout.name)
+            aframe = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(data), format=fmt, layout=astream.layout.name
+            )
             aframe.sample_rate = sample_rate
             aframe.pts = 0
             container.mux(astream.encode(aframe))
@@ -64,7 +66,9 @@ def moving_square(n_frames: int, height: int = 48, width: int = 64) -> np.ndarra
     return frames
 
 
-def sine(freq: float, seconds: float, sample_rate: int, channels: int = 1, amplitude: float = 0.5) -> np.ndarray:
+def sine(
+    freq: float, seconds: float, sample_rate: int, channels: int = 1, amplitude: float = 0.5
+) -> np.ndarray:
     t = np.arange(round(seconds * sample_rate)) / sample_rate
     wave = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     return np.repeat(wave[None, :], channels, axis=0)

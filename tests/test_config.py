@@ -46,16 +46,34 @@ def _with(update):
 @pytest.mark.parametrize(
     ("update", "fragment"),
     [
-        ({"datasets": {"tiny": {"extract": {"fram_size": 64}}}}, "'fram_size' (did you mean 'frame_size'?)"),
-        ({"datasets": {"tiny": {"extract": {"frame_size": "big"}}}}, "datasets.tiny.extract.frame_size"),
-        ({"datasets": {"tiny": {"extract": {"num_mel_bins": 4}}}}, "datasets.tiny.extract.num_mel_bins"),
+        (
+            {"datasets": {"tiny": {"extract": {"fram_size": 64}}}},
+            "'fram_size' (did you mean 'frame_size'?)",
+        ),
+        (
+            {"datasets": {"tiny": {"extract": {"frame_size": "big"}}}},
+            "datasets.tiny.extract.frame_size",
+        ),
+        (
+            {"datasets": {"tiny": {"extract": {"num_mel_bins": 4}}}},
+            "datasets.tiny.extract.num_mel_bins",
+        ),
         ({"partition": {"alpha": 0}}, "partition.alpha"),
         ({"experiment": {"table1_rates": [0.1, 1.5]}}, "experiment.table1_rates.1"),
         ({"datasets": {"tiny": {"source": "kinetics"}}}, "datasets.tiny.source"),
         ({"run_datasets": ["nope"]}, "'nope' is not defined under 'datasets'"),
-        ({"datasets": {"tiny": {"synthetic": {"duration_s": [5.0, 1.0]}}}}, "datasets.tiny.synthetic.duration_s"),
-        ({"datasets": {"tiny": {"synthetic": {"n_silent_classes": 4}}}}, "datasets.tiny.synthetic.n_silent_classes"),
-        ({"datasets": {"tiny": {"synthetic": {"n_audio_twins": 3}}}}, "datasets.tiny.synthetic.n_audio_twins"),
+        (
+            {"datasets": {"tiny": {"synthetic": {"duration_s": [5.0, 1.0]}}}},
+            "datasets.tiny.synthetic.duration_s",
+        ),
+        (
+            {"datasets": {"tiny": {"synthetic": {"n_silent_classes": 4}}}},
+            "datasets.tiny.synthetic.n_silent_classes",
+        ),
+        (
+            {"datasets": {"tiny": {"synthetic": {"n_audio_twins": 3}}}},
+            "datasets.tiny.synthetic.n_audio_twins",
+        ),
         ({"surprise": 1}, "unknown config key 'surprise'"),
     ],
 )

@@ -105,7 +105,9 @@ def test_clip_fbank_equals_fbank_of_the_known_waveform(tmp_path: Path):
     result = extract.extract_clip(str(path), SETTINGS)
     assert result.status == "ok", result.reason
     stored = (np.round(known * 32767) / 32767).astype(np.float32)  # the file holds 16-bit PCM
-    expected, n = audio.log_mel_fbank(audio.to_mono_resampled(stored, 48000, 16000), 16000, 128, 512)
+    expected, n = audio.log_mel_fbank(
+        audio.to_mono_resampled(stored, 48000, 16000), 16000, 128, 512
+    )
     assert result.audio_frames == n
     # Bins holding the tone agree tightly; bins at the quantisation-noise floor (log energy
     # near log(eps)) only loosely, as 16-bit rounding decides them.
@@ -119,8 +121,12 @@ def test_clip_fbank_equals_fbank_of_the_known_waveform(tmp_path: Path):
 # --- middle frame ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("ext", "n_frames", "gop"), [("mp4", 41, 5), ("avi", 40, 7), ("mp4", 1, 1), ("avi", 2, 12)])
-def test_seeked_middle_frame_is_the_frame_shown_at_half_duration(tmp_path: Path, ext, n_frames, gop):
+@pytest.mark.parametrize(
+    ("ext", "n_frames", "gop"), [("mp4", 41, 5), ("avi", 40, 7), ("mp4", 1, 1), ("avi", 2, 12)]
+)
+def test_seeked_middle_frame_is_the_frame_shown_at_half_duration(
+    tmp_path: Path, ext, n_frames, gop
+):
     frames = moving_square(n_frames)
     path = write_media(tmp_path / f"m.{ext}", frames=frames, fps=10, gop=gop)
     seeked = video.middle_frame_seek(str(path))
@@ -131,7 +137,11 @@ def test_seeked_middle_frame_is_the_frame_shown_at_half_duration(tmp_path: Path,
     assert abs(seeked.time_s - expected_index / 10) < 1e-6
     # The square's position identifies the frame: compare with the source frame (lossy codecs).
     diff = np.abs(seeked.image.astype(int) - frames[expected_index].astype(int)).mean()
-    others = [np.abs(seeked.image.astype(int) - f.astype(int)).mean() for i, f in enumerate(frames) if i != expected_index]
+    others = [
+        np.abs(seeked.image.astype(int) - f.astype(int)).mean()
+        for i, f in enumerate(frames)
+        if i != expected_index
+    ]
     assert not others or diff < min(others)
 
 
@@ -177,19 +187,31 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str, str]]:
     cut = tmp_path / "truncated.mp4"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 3])
     cases["truncated_mp4"] = (cut, "failed", "unreadable container")
-    full_avi = write_media(tmp_path / "full.avi", frames=moving_square(60), audio=sine(440.0, 6.0, 16000))
+    full_avi = write_media(
+        tmp_path / "full.avi", frames=moving_square(60), audio=sine(440.0, 6.0, 16000)
+    )
     cut_avi = tmp_path / "truncated.avi"
     cut_avi.write_bytes(full_avi.read_bytes()[: full_avi.stat().st_size // 4])
     cases["truncated_avi"] = (cut_avi, "failed", "video truncated")
-    cases["no_audio"] = (write_media(tmp_path / "silent.mp4", frames=moving_square(10)), "dropped", "no audio stream")
-    cases["no_video"] = (write_media(tmp_path / "audio_only.mp4", audio=good_audio), "failed", "no video stream")
+    cases["no_audio"] = (
+        write_media(tmp_path / "silent.mp4", frames=moving_square(10)),
+        "dropped",
+        "no audio stream",
+    )
+    cases["no_video"] = (
+        write_media(tmp_path / "audio_only.mp4", audio=good_audio),
+        "failed",
+        "no video stream",
+    )
     cases["no_frame"] = (
         write_media(tmp_path / "no_frame.avi", frames=moving_square(0), audio=good_audio),
         "failed",
         "no decodable video frame",
     )
     cases["short_audio"] = (
-        write_media(tmp_path / "short_audio.avi", frames=moving_square(5), audio=sine(440.0, 0.01, 16000)),
+        write_media(
+            tmp_path / "short_audio.avi", frames=moving_square(5), audio=sine(440.0, 0.01, 16000)
+        ),
         "failed",
         "shorter than one 25 ms fbank window",
     )
@@ -218,7 +240,9 @@ def test_dataset_with_bad_files_finishes_and_records_them(tmp_path: Path, raw_co
             shutil.copyfile(path, target)
         victims[clip.clip_id] = (status, reason)
     out = tmp_path / "features"
-    rows = extract.extract_dataset(raw_copy, out, {**SETTINGS, "target_frames": 128}, threads=2, progress=False)
+    rows = extract.extract_dataset(
+        raw_copy, out, {**SETTINGS, "target_frames": 128}, threads=2, progress=False
+    )
     by_id = {r.clip_id: r for r in rows}
     for clip_id, (status, reason) in victims.items():
         assert by_id[clip_id].status == status and reason in by_id[clip_id].reason, by_id[clip_id]
@@ -234,7 +258,9 @@ def test_outputs_are_consistent(tiny_features: Path, tiny_raw: Path, tiny_settin
     frames = np.load(tiny_features / "frames.npy")
     fbank = np.load(tiny_features / "fbank.npy")
     ok = [r for r in rows if r.status == "ok"]
-    n_classes = tiny_settings["synthetic"]["n_classes"] - tiny_settings["synthetic"]["n_silent_classes"]
+    n_classes = (
+        tiny_settings["synthetic"]["n_classes"] - tiny_settings["synthetic"]["n_silent_classes"]
+    )
     assert len(rows) == len(ucf101.read_layout(tiny_raw)[1])
     assert frames.shape == (len(ok), 32, 32, 3) and frames.dtype == np.uint8
     assert fbank.shape == (len(ok), settings["target_frames"], settings["num_mel_bins"])
@@ -267,14 +293,18 @@ def test_norm_stats_come_from_the_training_split(tiny_features: Path):
     stats = json.loads((tiny_features / "norm_stats.json").read_text())["folds"]
     for k in (1, 2, 3):
         train = [r for r in rows if r.status == "ok" and r.fold(k) == "train"]
-        values = np.concatenate([fbank[r.row, : r.audio_frames].ravel() for r in train]).astype(np.float64)
+        values = np.concatenate([fbank[r.row, : r.audio_frames].ravel() for r in train]).astype(
+            np.float64
+        )
         assert stats[f"fold{k}"]["n_clips"] == len(train)
         assert stats[f"fold{k}"]["mean"] == pytest.approx(values.mean(), abs=1e-5)
         assert stats[f"fold{k}"]["std"] == pytest.approx(values.std(), abs=1e-5)
     assert stats["fold1"]["mean"] != stats["fold2"]["mean"]
 
 
-def test_extraction_is_deterministic_across_thread_counts(tmp_path: Path, tiny_raw: Path, tiny_features: Path, tiny_settings):
+def test_extraction_is_deterministic_across_thread_counts(
+    tmp_path: Path, tiny_raw: Path, tiny_features: Path, tiny_settings
+):
     extract.extract_dataset(tiny_raw, tmp_path, tiny_settings["extract"], threads=1, progress=False)
     for name in extract.OUTPUT_FILES:
         a = hashlib.sha256((tmp_path / name).read_bytes()).hexdigest()

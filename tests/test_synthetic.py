@@ -38,7 +38,10 @@ def test_layout_matches_ucf101(tiny_raw: Path):
 
 def test_split_lists_split_by_group(tiny_raw: Path):
     split_dir = tiny_raw / "ucfTrainTestlist"
-    index = {line.split()[1]: int(line.split()[0]) for line in (split_dir / "classInd.txt").read_text().splitlines()}
+    index = {
+        line.split()[1]: int(line.split()[0])
+        for line in (split_dir / "classInd.txt").read_text().splitlines()
+    }
     all_videos = {f"{p.parent.name}/{p.name}" for p in (tiny_raw / "UCF-101").rglob("*.*")}
     for k in (1, 2, 3):
         train_lines = (split_dir / f"trainlist0{k}.txt").read_text().splitlines()
@@ -127,6 +130,7 @@ def test_rendered_audio_respects_snr():
         synthetic.ClipSpec(**{**spec.__dict__, "snr_db": -10.0}), ident, TINY_SYNTHETIC
     )
     assert loud.shape == noisy.shape == (spec.channels, round(spec.duration_s * spec.sample_rate))
+
     # A tonal signal is far more predictable from its previous sample than white noise.
     def lag1(x):
         x = x[0]

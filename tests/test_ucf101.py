@@ -25,8 +25,14 @@ def test_case_mismatch_between_lists_and_folders(tmp_path: Path):
     classes, clips = ucf101.read_layout(tmp_path)
     assert classes == ["HandstandPushups"]
     (clip,) = clips
-    assert clip.class_name == "HandstandPushups" and clip.group == 8 and clip.folds == {1: "train", 2: "train", 3: "train"}
-    assert ucf101.resolve_video(tmp_path, "handstandpushups/v_HandStandPushups_g08_c01.avi").exists()
+    assert (
+        clip.class_name == "HandstandPushups"
+        and clip.group == 8
+        and clip.folds == {1: "train", 2: "train", 3: "train"}
+    )
+    assert ucf101.resolve_video(
+        tmp_path, "handstandpushups/v_HandStandPushups_g08_c01.avi"
+    ).exists()
 
 
 def test_missing_class_index_names_the_file(tmp_path: Path):
@@ -35,7 +41,12 @@ def test_missing_class_index_names_the_file(tmp_path: Path):
 
 
 def test_unknown_class_in_list_names_file_and_line(tmp_path: Path):
-    _write(tmp_path, ["Archery"], ["Archery/v_Archery_g08_c01.avi", "Bowling/v_Bowling_g08_c01.avi"], [])
+    _write(
+        tmp_path,
+        ["Archery"],
+        ["Archery/v_Archery_g08_c01.avi", "Bowling/v_Bowling_g08_c01.avi"],
+        [],
+    )
     with pytest.raises(ucf101.LayoutError, match=r"trainlist01.txt:2: class folder 'Bowling'"):
         ucf101.read_layout(tmp_path)
 
@@ -54,6 +65,9 @@ def test_link_layout_validates_and_links(tmp_path: Path, tiny_raw: Path):
     out = tmp_path / "linked"
     n_classes, n_clips = ucf101.link_layout(tiny_raw, out)
     assert (out / ucf101.VIDEO_DIR).is_symlink()
-    assert (n_classes, n_clips) == (len(ucf101.read_layout(tiny_raw)[0]), len(ucf101.read_layout(tiny_raw)[1]))
+    assert (n_classes, n_clips) == (
+        len(ucf101.read_layout(tiny_raw)[0]),
+        len(ucf101.read_layout(tiny_raw)[1]),
+    )
     with pytest.raises(ucf101.LayoutError, match="source_dir must hold"):
         ucf101.link_layout(tmp_path / "nowhere", tmp_path / "other")

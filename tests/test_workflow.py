@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -36,9 +37,13 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
-def write_config(path: Path, **extract) -> Path:
+def write_config(
+    path: Path, partition: dict | None = None, seeds: tuple = (0, 1), **extract
+) -> Path:
     config = {
         "run_datasets": ["tiny"],
+        "partition": {"n_clients": 8, "alpha": 0.5, **(partition or {})},
+        "experiment": {"seeds": list(seeds)},
         "datasets": {
             "tiny": {
                 "source": "synthetic",
@@ -65,6 +70,17 @@ def scheduled(result: subprocess.CompletedProcess) -> set[str]:
     return rules
 
 
+def job_outputs(result: subprocess.CompletedProcess, rule: str) -> list[str]:
+    """Output files of the jobs of `rule` that a dry run would execute."""
+    outputs, current = [], None
+    for line in result.stdout.splitlines():
+        if line.startswith(("rule ", "localrule ")):
+            current = line.split()[1].rstrip(":")
+        elif current == rule and line.strip().startswith("output:"):
+            outputs += [item.strip() for item in line.split(":", 1)[1].split(",")]
+    return outputs
+
+
 def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     config = write_config(tmp_path / "tiny.yaml")
     run = snakemake(tmp_path, "all", "--configfile", str(config))
@@ -75,6 +91,12 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     assert sum(r.status == "failed" for r in rows) == 2  # the deliberately broken clips
     assert "usable" in (tmp_path / "results/logs/tiny/extract.log").read_text()
     assert (tmp_path / "results/benchmarks/tiny/extract.tsv").exists()
+    for fold in (1, 2, 3):
+        for seed in (0, 1):
+            stem = tmp_path / f"results/tiny/partition/fold{fold}_seed{seed}"
+            record = json.loads(stem.with_suffix(".json").read_text())
+            assert len(record["clients"]) == 8 and record["fold"] == fold
+            assert Path(f"{stem}_heatmap.png").stat().st_size > 0
 
     again = snakemake(tmp_path, "all", "-n", "--configfile", str(config))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -83,7 +105,31 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     changed = write_config(tmp_path / "changed.yaml", frame_size=48)
     dry = snakemake(tmp_path, "all", "-n", "--configfile", str(changed))
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert scheduled(dry) == {"extract_features", "all"}
+    assert scheduled(dry) == {"extract_features", "partition", "all"}
+
+    # A new alpha reruns the partitions, not extraction.
+    dry = snakemake(
+        tmp_path,
+        "all",
+        "-n",
+        "--configfile",
+        str(write_config(tmp_path / "a.yaml", {"alpha": 2.0})),
+    )
+    assert scheduled(dry) == {"partition", "all"}
+    assert "6" in next(line for line in dry.stdout.splitlines() if line.startswith("partition"))
+
+    # A new seed runs only that seed's partitions.
+    dry = snakemake(
+        tmp_path,
+        "all",
+        "-n",
+        "--configfile",
+        str(write_config(tmp_path / "s.yaml", seeds=(0, 1, 2))),
+    )
+    assert scheduled(dry) == {"partition", "all"}
+    assert {Path(out).name for out in job_outputs(dry, "partition") if out.endswith(".json")} == {
+        f"fold{fold}_seed2.json" for fold in (1, 2, 3)
+    }
 
 
 def test_bad_config_is_rejected_before_any_job(tmp_path: Path):
@@ -104,6 +150,8 @@ def test_ucf101_from_an_existing_copy(tmp_path: Path, tiny_raw: Path):
     config = {
         "run_datasets": ["ucf101"],
         "datasets": {"ucf101": {"source_dir": str(tiny_raw), "extract": TINY_EXTRACT}},
+        "partition": {"n_clients": 5},
+        "experiment": {"seeds": [0]},
     }
     path = tmp_path / "ucf.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -118,4 +166,6 @@ def test_default_dry_run_lists_the_stages_and_lint_is_clean(tmp_path: Path):
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert {"generate_synthetic", "extract_features", "all"} <= scheduled(dry)
     lint = snakemake(tmp_path, "--lint")
-    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout[-3000:]
+    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout[
+        -3000:
+    ]

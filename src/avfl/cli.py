@@ -54,6 +54,49 @@ def cmd_import_layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from avfl import partition
+    from avfl.data.manifest import read_manifest
+    from avfl.report.partition_plot import plot_label_heatmap
+
+    rows = read_manifest(args.manifest)
+    settings = _settings(args.settings)
+    try:
+        record = partition.build_partition(
+            rows, dataset=args.dataset, fold=args.fold, seed=args.seed, settings=settings
+        )
+    except partition.PartitionError as exc:
+        print(f"error: {args.dataset} fold {args.fold} seed {args.seed}: {exc}", file=sys.stderr)
+        return 2
+    stats = partition.partition_stats(record, rows)
+    record["stats"] = partition.summarise_stats(stats)
+    _write_json(args.out, record)
+    _write_tsv(args.stats, stats)
+    client_labels, n_classes = partition.partition_labels(record, rows)
+    counts = np.stack([np.bincount(labels, minlength=n_classes) for labels in client_labels])
+    title = (
+        f"{args.dataset}, fold {args.fold}, seed {args.seed}: Dirichlet alpha={settings['alpha']}"
+    )
+    plot_label_heatmap(counts, record["classes"], title, args.heatmap)
+    print(json.dumps(record["stats"], indent=2), file=sys.stderr)
+    return 0
+
+
+def _write_json(path: str, obj) -> None:
+    with open(path, "w") as handle:
+        json.dump(obj, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+
+
+def _write_tsv(path: str, rows: list[dict]) -> None:
+    with open(path, "w") as handle:
+        handle.write("\t".join(rows[0]) + "\n")
+        for row in rows:
+            handle.write("\t".join(str(v) for v in row.values()) + "\n")
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from avfl.config import ConfigError, load_config
 
@@ -93,6 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="folder holding UCF-101/ and ucfTrainTestlist/")
     p.add_argument("--out", required=True, help="raw-data folder of the workflow to create")
     p.set_defaults(func=cmd_import_layout)
+
+    p = sub.add_parser("partition", help="fold, dev split, Dirichlet clients, missing-video order")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--seed", type=int, required=True, help="partition seed")
+    p.add_argument("--settings", required=True, help="JSON of the `partition` config block")
+    p.add_argument("--out", required=True, help="partition JSON")
+    p.add_argument("--stats", required=True, help="per-client statistics (TSV)")
+    p.add_argument("--heatmap", required=True, help="label-distribution heatmap (PNG)")
+    p.set_defaults(func=cmd_partition)
 
     p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")

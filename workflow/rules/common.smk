@@ -69,8 +69,22 @@ def features(dataset):
     }
 
 
+def partition_seed(seed):
+    """The partition a training seed uses: its own, or the pinned `partition.seed`."""
+    pinned = config["partition"]["seed"]
+    return int(seed) if pinned is None else pinned
+
+
+def partition_files(dataset, fold, seed):
+    stem = f"results/{dataset}/partition/fold{fold}_seed{partition_seed(seed)}"
+    return {"json": f"{stem}.json", "stats": f"{stem}_stats.tsv", "heatmap": f"{stem}_heatmap.png"}
+
+
 def all_targets():
     targets = []
     for name in RUN:
         targets += list(features(name).values())
-    return targets
+        for fold in DATASETS[name]["folds"]:
+            for seed in config["experiment"]["seeds"]:
+                targets += list(partition_files(name, fold, seed).values())
+    return sorted(set(targets))

@@ -1,0 +1,1 @@
+"""Tables and figures, in one paper style, byte-identical on rerun."""
