@@ -116,6 +116,7 @@ def test_audio_twins_sound_alike_but_look_different():
     assert len(twins) == TINY_SYNTHETIC["n_audio_twins"]
     for a, b in twins:
         assert (a.shape, a.rgb) != (b.shape, b.rgb)
+        assert sorted([a.pitch, b.pitch]) == [1.0, synthetic.TWIN_PITCH]
     looks = [(i.shape, i.rgb) for i in identities]
     assert len(set(looks)) == len(looks)  # every class looks different
 

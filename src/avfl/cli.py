@@ -97,6 +97,63 @@ def _write_tsv(path: str, rows: list[dict]) -> None:
             handle.write("\t".join(str(v) for v in row.values()) + "\n")
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from avfl.embed import compute_embeddings
+    from avfl.models.weights import WeightsError
+    from avfl.train import choose_device
+
+    settings = _settings(args.settings)
+    device = choose_device(settings["device"], lambda m: print(m, file=sys.stderr))
+    torch.manual_seed(0)
+    try:
+        emb = compute_embeddings(
+            Path(args.features), args.modality, settings["spec"], settings["extract"], args.fold, device
+        )
+    except WeightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    np.save(args.out, emb)
+    print(f"{args.modality} embeddings {emb.shape} on {device}", file=sys.stderr)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from avfl.models.weights import WeightsError
+    from avfl.train import RunSpec, run
+
+    spec = RunSpec(
+        dataset=args.dataset,
+        fold=args.fold,
+        method=args.method,
+        rate=args.rate,
+        seed=args.seed,
+        partition=Path(args.partition),
+        features=Path(args.features),
+        out=Path(args.out),
+        settings=_settings(args.settings),
+        embeddings=(Path(args.audio_embeddings), Path(args.visual_embeddings)) if args.audio_embeddings else None,
+        phase1=Path(args.phase1) if args.phase1 else None,
+    )
+    try:
+        record = run(spec, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (WeightsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    test = record["test"]
+    print(
+        f"[train] {args.dataset} fold{args.fold} {args.method} r={record['rate']} seed{args.seed}: "
+        f"audio top1 {test['top1']:.4f} top5 {test['top5']:.4f} macro-F1 {test['macro_f1']:.4f}"
+    )
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from avfl.config import ConfigError, load_config
 
@@ -147,6 +204,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stats", required=True, help="per-client statistics (TSV)")
     p.add_argument("--heatmap", required=True, help="label-distribution heatmap (PNG)")
     p.set_defaults(func=cmd_partition)
+
+    p = sub.add_parser("embed", help="frozen backbone embeddings of every usable clip")
+    p.add_argument("--features", required=True, help="extraction output folder")
+    p.add_argument("--modality", required=True, choices=["audio", "visual"])
+    p.add_argument("--fold", type=int, default=None, help="audio: the fold whose statistics normalise the fbank")
+    p.add_argument("--settings", required=True, help='JSON {"spec": model.<modality>, "extract": ..., "device": ...}')
+    p.add_argument("--out", required=True, help=".npy file to write")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("train", help="one federated run: writes metrics.json and model.pt")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--rate", type=float, default=None, help="video-missing rate (not for harmony)")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--partition", required=True)
+    p.add_argument("--features", required=True)
+    p.add_argument("--audio-embeddings", default=None)
+    p.add_argument("--visual-embeddings", default=None)
+    p.add_argument("--phase1", default=None, help="run directory of the method this one consumes")
+    p.add_argument("--settings", required=True, help='JSON {"model", "federated", "extract", "method"}')
+    p.add_argument("--out", required=True, help="run directory")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")

@@ -3,7 +3,8 @@
 It reproduces the paper's situation rather than a toy:
 - the frame is the strong modality: every class has its own shape and colour;
 - audio is the weaker one: each class has a harmonic "sound", but some class pairs
-  ("audio twins") share the same sound while looking different, and every clip carries
+  ("audio twins") sound alike (the same sound, 6 % apart in pitch, less than the spread
+  between clips) while looking different, and every clip carries
   noise at a random SNR plus, often, an interfering tone;
 - some classes have no audio track at all (extraction drops them, as UCF101's 101
   classes become 51);
@@ -46,6 +47,9 @@ CLASS_NAMES: tuple[str, ...] = (
 )  # fmt: skip
 
 SHAPES = ("disc", "square", "triangle", "cross")
+# Twins differ by this pitch ratio: less than the per-clip pitch spread (+-5 %), so
+# audio alone separates them only weakly, as the paper's congas and drums.
+TWIN_PITCH = 1.06
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ClassIdentity:
     shape: str
     rgb: tuple[int, int, int]
     sound: int | None
+    pitch: float = 1.0  # a twin's sound is its partner's, a few percent higher
 
 
 @dataclass(frozen=True)
@@ -86,9 +91,11 @@ def class_identities(settings: Mapping[str, Any]) -> list[ClassIdentity]:
     # Twins: pairs of audible classes, the second takes the first's sound.
     order = rng.permutation(audible).tolist()
     sound_of = {c: i for i, c in enumerate(audible)}
+    twin_of: set[int] = set()
     for k in range(settings["n_audio_twins"]):
         a, b = order[2 * k], order[2 * k + 1]
         sound_of[b] = sound_of[a]
+        twin_of.add(b)
     identities = []
     for c in range(n):
         hue = 0.92 * c / n  # a hue of its own per class (no wrap-around to red)
@@ -100,6 +107,7 @@ def class_identities(settings: Mapping[str, Any]) -> list[ClassIdentity]:
                 shape=SHAPES[c % len(SHAPES)],
                 rgb=(round(r * 255), round(g * 255), round(b * 255)),
                 sound=sound_of.get(c),
+                pitch=TWIN_PITCH if c in twin_of else 1.0,
             )
         )
     return identities
@@ -223,13 +231,13 @@ def render_audio(spec: ClipSpec, ident: ClassIdentity, settings: Mapping[str, An
 
     assert ident.sound is not None
     f0, am, harmonics = sound_parameters(ident.sound, n_sounds)
-    f0 *= float(clip_rng.uniform(0.97, 1.03))  # performer-to-performer pitch spread
+    f0 *= ident.pitch * float(clip_rng.uniform(0.95, 1.05))  # performer-to-performer spread
     signal = tone(f0, am, harmonics, float(clip_rng.uniform(0, 2 * np.pi)))
     # A group-specific interfering source (a second "instrument" in the scene).
-    if group_rng.random() < 0.8:
+    if group_rng.random() < 0.9:
         other = int(group_rng.integers(n_sounds))
         g_f0, g_am, g_h = sound_parameters(other, n_sounds)
-        signal += float(group_rng.uniform(0.5, 1.0)) * tone(
+        signal += float(group_rng.uniform(0.6, 1.2)) * tone(
             g_f0, g_am, g_h, float(clip_rng.uniform(0, 6))
         )
     signal /= np.sqrt(np.mean(signal**2)) + 1e-12

@@ -1,0 +1,45 @@
+"""Frozen mode: compute a backbone's embeddings of every usable clip once per dataset.
+
+Audio embeddings depend on the fold (the fbank is normalised with the fold's training
+statistics); visual embeddings do not. Training then touches only encoders and heads.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from avfl.models.backbones import build_audio_backbone, build_visual_backbone
+
+
+@torch.no_grad()
+def compute_embeddings(
+    features: Path,
+    modality: str,
+    spec: Mapping[str, Any],
+    extract: Mapping[str, Any],
+    fold: int | None,
+    device: torch.device,
+    batch: int = 64,
+) -> np.ndarray:
+    """(M, D) float32 embeddings of the M usable clips, in manifest row order."""
+    if modality == "audio":
+        if fold is None:
+            raise ValueError("audio embeddings need a fold (its normalisation statistics)")
+        norm = json.loads((features / "norm_stats.json").read_text())["folds"][f"fold{fold}"]
+        backbone = build_audio_backbone(spec, norm, extract)
+        inputs = np.load(features / "fbank.npy", mmap_mode="r")
+    else:
+        backbone = build_visual_backbone(spec)
+        inputs = np.load(features / "frames.npy", mmap_mode="r")
+    backbone = backbone.to(device).eval()
+    out = np.empty((inputs.shape[0], backbone.out_dim), dtype=np.float32)
+    for start in range(0, inputs.shape[0], batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch])).to(device)
+        out[start : start + len(chunk)] = backbone(chunk).float().cpu().numpy()
+    return out

@@ -1,0 +1,56 @@
+"""The local tasks that the methods are built from: what a client trains, and its loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from avfl.models.heads import AUDIO_MODEL, AV_MODEL, VISUAL_MODEL, AVModel
+
+
+@dataclass(frozen=True)
+class AudioTask:
+    """Cross-entropy of the audio model: what an audio-only client can train."""
+
+    name: str = "audio"
+    groups: tuple[str, ...] = AUDIO_MODEL
+
+    def loss(self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model.audio_logits(audio), labels)
+
+
+@dataclass(frozen=True)
+class VisualTask:
+    """Cross-entropy of the unimodal visual model (Harmony's first stage)."""
+
+    name: str = "visual"
+    groups: tuple[str, ...] = VISUAL_MODEL
+
+    def loss(self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model.visual_logits(visual), labels)
+
+
+@dataclass(frozen=True)
+class AVTask:
+    """Cross-entropy of the late-fusion audio-visual model, optionally plus the audio head's.
+
+    audio_head_weight > 0 lets multimodal clients also train the audio head on their audio
+    embeddings (then the head is averaged over them too).
+    """
+
+    audio_head_weight: float = 0.0
+    name: str = "av"
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return AV_MODEL + (("audio_head",) if self.audio_head_weight > 0 else ())
+
+    def loss(self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        a = model.audio_embedding(audio)
+        v = model.visual_embedding(visual)
+        loss = F.cross_entropy(model.fusion_head(torch.cat([a, v], dim=-1)), labels)
+        if self.audio_head_weight > 0:
+            loss = loss + self.audio_head_weight * F.cross_entropy(model.audio_head(a), labels)
+        return loss

@@ -1,0 +1,1 @@
+"""Backbones (frozen or fine-tuned), trainable encoders and heads, pretrained-weight loading."""
