@@ -21,7 +21,7 @@ TINY_SYNTHETIC = {
     "n_silent_classes": 1,
     "n_audio_twins": 1,
     "n_groups": 21,
-    "clips_per_group": [1, 1],
+    "clips_per_group": [2, 2],
     "duration_s": [0.8, 6.0],
     "frame_width": 64,
     "frame_height": 48,
@@ -77,3 +77,69 @@ def raw_copy(tmp_path, tiny_raw) -> Path:
     dest = tmp_path / "raw"
     shutil.copytree(tiny_raw, dest)
     return dest
+
+
+# --- training fixtures ----------------------------------------------------------------------
+
+TINY_FEDERATED = {
+    "rounds": 20,
+    "clients_per_round": 4,
+    "local_epochs": 2,
+    "batch_size": 8,
+    "client_lr": 3e-3,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "eval_every": 5,
+    "selection": "best_dev",
+    "checkpoint_every": 5,
+    "device": "cpu",
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tmp_path_factory, tiny_features, tiny_settings):
+    """Partition (8 clients) and frozen embeddings of the tiny dataset, fold 1, seed 0."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from avfl import partition
+    from avfl.data.manifest import read_manifest
+    from avfl.embed import compute_embeddings
+
+    root = tmp_path_factory.mktemp("training")
+    config = tiny_config()
+    rows = read_manifest(tiny_features / "manifest.tsv")
+    settings = {**config["partition"], "n_clients": 8, "alpha": 1.0, "dev_fraction": 0.3}
+    record = partition.build_partition(rows, dataset="tiny", fold=1, seed=0, settings=settings)
+    (root / "partition.json").write_text(json.dumps(record))
+    extract_cfg = tiny_settings["extract"]
+    cpu = torch.device("cpu")
+    np.save(root / "audio.npy", compute_embeddings(tiny_features, "audio", config["model"]["audio"], extract_cfg, 1, cpu))
+    np.save(root / "visual.npy", compute_embeddings(tiny_features, "visual", config["model"]["visual"], extract_cfg, None, cpu))
+    return {"root": root, "config": config, "features": tiny_features, "extract": extract_cfg}
+
+
+def tiny_spec(training: dict, out, name: str, rate: float | None = 0.5, seed: int = 0, **overrides):
+    """A RunSpec for the tiny dataset; overrides update the `federated` or method settings."""
+    from avfl.train import RunSpec
+
+    config = training["config"]
+    federated = {**TINY_FEDERATED, **overrides.pop("federated", {})}
+    method_settings = {**config["methods"][name], **overrides.pop("method", {})}
+    model = {**config["model"], **overrides.pop("model", {})}
+    root = training["root"]
+    return RunSpec(
+        dataset="tiny",
+        fold=1,
+        method=name,
+        rate=rate,
+        seed=seed,
+        partition=root / "partition.json",
+        features=training["features"],
+        out=out,
+        settings={"model": model, "federated": federated, "extract": training["extract"], "method": method_settings},
+        embeddings=(root / "audio.npy", root / "visual.npy"),
+        **overrides,
+    )

@@ -40,6 +40,6 @@ def compute_embeddings(
     backbone = backbone.to(device).eval()
     out = np.empty((inputs.shape[0], backbone.out_dim), dtype=np.float32)
     for start in range(0, inputs.shape[0], batch):
-        chunk = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch])).to(device)
+        chunk = torch.from_numpy(np.array(inputs[start : start + batch])).to(device)
         out[start : start + len(chunk)] = backbone(chunk).float().cpu().numpy()
     return out

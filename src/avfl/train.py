@@ -112,8 +112,7 @@ def run(spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | Non
     partition = json.loads(spec.partition.read_text())
     audio, visual = _load_inputs(spec)
     data = build_federated_data(
-        partition, {r.clip_id: r.row for r in rows}, {r.clip_id: r.label for r in rows}, audio, visual,
-        spec.rate if method.uses_rate else None, device,
+        partition, {r.clip_id: r.row for r in rows}, {r.clip_id: r.label for r in rows}, audio, visual, spec.rate, device,
     )  # fmt: skip
     in_audio = audio.shape[-1] if spec.settings["model"]["mode"] == "frozen" else 0
     in_visual = visual.shape[-1] if spec.settings["model"]["mode"] == "frozen" else 0
@@ -132,7 +131,7 @@ def run(spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | Non
     checkpoints.mkdir(exist_ok=True)
     ctx = RunContext(
         data=data, model=model, initial_state=initial_state, train=train_cfg, federated=fed,
-        settings=spec.settings["method"], checkpoint_dir=checkpoints, rate=spec.rate if method.uses_rate else None,
+        settings=spec.settings["method"], checkpoint_dir=checkpoints, rate=spec.rate,
         log=log, phase1=phase1, stop_after=stop_after,
     )  # fmt: skip
     result = method.run(ctx)
@@ -144,7 +143,7 @@ def run(spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | Non
         "dataset": spec.dataset,
         "fold": spec.fold,
         "method": spec.method,
-        "rate": spec.rate if method.uses_rate else None,
+        "rate": spec.rate,
         "seed": spec.seed,
         "config_hash": stable_hash({"shared": shared_hash(spec), "method": spec.method, "settings": spec.settings["method"]}),
         "shared_hash": shared_hash(spec),

@@ -42,10 +42,9 @@ class Harmony:
                 Phase("harmony_visual", multimodal, lambda c: VisualTask(), fed["rounds"], fed["clients_per_round"], "visual")
             )
             audio_state, visual_state = phases["stage1_audio"].state, phases["stage1_visual"].state
-            start = {
-                name: (audio_state if group_of(name) in AUDIO_MODEL else visual_state if group_of(name) in VISUAL_MODEL else value)[name]
-                for name, value in ctx.initial_state.items()
-            }
+            start = dict(ctx.initial_state)
+            start.update({k: v for k, v in audio_state.items() if group_of(k) in AUDIO_MODEL})
+            start.update({k: v for k, v in visual_state.items() if group_of(k) in VISUAL_MODEL})
             phases["stage2_fusion"] = ctx.run(
                 Phase("harmony_fusion", multimodal, lambda c: AVTask(), ctx.settings["fusion_rounds"] or fed["rounds"], fed["clients_per_round"], "av"),
                 initial_state=start,
