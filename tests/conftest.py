@@ -116,8 +116,16 @@ def tiny_training(tmp_path_factory, tiny_features, tiny_settings):
     (root / "partition.json").write_text(json.dumps(record))
     extract_cfg = tiny_settings["extract"]
     cpu = torch.device("cpu")
-    np.save(root / "audio.npy", compute_embeddings(tiny_features, "audio", config["model"]["audio"], extract_cfg, 1, cpu))
-    np.save(root / "visual.npy", compute_embeddings(tiny_features, "visual", config["model"]["visual"], extract_cfg, None, cpu))
+    np.save(
+        root / "audio.npy",
+        compute_embeddings(tiny_features, "audio", config["model"]["audio"], extract_cfg, 1, cpu),
+    )
+    np.save(
+        root / "visual.npy",
+        compute_embeddings(
+            tiny_features, "visual", config["model"]["visual"], extract_cfg, None, cpu
+        ),
+    )
     return {"root": root, "config": config, "features": tiny_features, "extract": extract_cfg}
 
 
@@ -139,7 +147,12 @@ def tiny_spec(training: dict, out, name: str, rate: float | None = 0.5, seed: in
         partition=root / "partition.json",
         features=training["features"],
         out=out,
-        settings={"model": model, "federated": federated, "extract": training["extract"], "method": method_settings},
+        settings={
+            "model": model,
+            "federated": federated,
+            "extract": training["extract"],
+            "method": method_settings,
+        },
         embeddings=(root / "audio.npy", root / "visual.npy"),
         **overrides,
     )

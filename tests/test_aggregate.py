@@ -12,8 +12,18 @@ def state(**values):
 def test_fedavg_weights_by_sample_count():
     global_state = state(**{"audio_encoder.w": [0.0], "audio_head.w": [0.0]})
     agg = Aggregator(global_state)
-    agg.add(0, state(**{"audio_encoder.w": [1.0], "audio_head.w": [10.0]}), ["audio_encoder", "audio_head"], 1.0)
-    agg.add(1, state(**{"audio_encoder.w": [4.0], "audio_head.w": [40.0]}), ["audio_encoder", "audio_head"], 3.0)
+    agg.add(
+        0,
+        state(**{"audio_encoder.w": [1.0], "audio_head.w": [10.0]}),
+        ["audio_encoder", "audio_head"],
+        1.0,
+    )
+    agg.add(
+        1,
+        state(**{"audio_encoder.w": [4.0], "audio_head.w": [40.0]}),
+        ["audio_encoder", "audio_head"],
+        3.0,
+    )
     new = agg.result()
     assert torch.allclose(new["audio_encoder.w"], torch.tensor([3.25]))
     assert torch.allclose(new["audio_head.w"], torch.tensor([32.5]))
@@ -21,7 +31,12 @@ def test_fedavg_weights_by_sample_count():
 
 def test_modality_aware_each_parameter_over_its_trainers_only():
     global_state = state(
-        **{"audio_encoder.w": [0.0], "audio_head.w": [5.0], "visual_encoder.w": [7.0], "fusion_head.w": [9.0]}
+        **{
+            "audio_encoder.w": [0.0],
+            "audio_head.w": [5.0],
+            "visual_encoder.w": [7.0],
+            "fusion_head.w": [9.0],
+        }
     )
     agg = Aggregator(global_state)
     # Client 0 is audio-only: it trains (and reports) the audio encoder and head.
@@ -43,7 +58,10 @@ def test_modality_aware_each_parameter_over_its_trainers_only():
 
 
 def test_untrained_parameters_and_integer_buffers_keep_their_global_value():
-    global_state = {"audio_head.w": torch.tensor([5.0]), "visual_backbone.bn.num_batches_tracked": torch.tensor(3)}
+    global_state = {
+        "audio_head.w": torch.tensor([5.0]),
+        "visual_backbone.bn.num_batches_tracked": torch.tensor(3),
+    }
     agg = Aggregator(global_state)
     agg.add(0, {"audio_head.w": torch.tensor([1.0]), "visual_backbone.bn.num_batches_tracked": torch.tensor(9)},
             ["visual_backbone"], 1.0)  # fmt: skip

@@ -12,8 +12,15 @@ SETTINGS = {"temperature": 2.0, "t2_scaling": True, "kl_direction": "teacher_to_
 
 
 def test_reads_multifl_result_instead_of_retraining(tiny_training, tmp_path):
-    multifl = run(tiny_spec(tiny_training, tmp_path / "multifl", "multifl", rate=0.25), log=lambda m: None)
-    mirror = run(tiny_spec(tiny_training, tmp_path / "mm", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl"), log=lambda m: None)
+    multifl = run(
+        tiny_spec(tiny_training, tmp_path / "multifl", "multifl", rate=0.25), log=lambda m: None
+    )
+    mirror = run(
+        tiny_spec(
+            tiny_training, tmp_path / "mm", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl"
+        ),
+        log=lambda m: None,
+    )
     assert set(mirror["rounds"]) == {"distill"}  # no MultiFL rounds were run again
     assert mirror["test"]["top1"] > 1.0 / len(mirror["classes"]) + 0.1
     # The teacher is MultiFL's audio-visual model: its test accuracy is MultiFL's.
@@ -23,10 +30,33 @@ def test_reads_multifl_result_instead_of_retraining(tiny_training, tmp_path):
 
 def test_missing_or_mismatched_phase1_is_a_clear_error(tiny_training, tmp_path):
     with pytest.raises(FileNotFoundError, match="run that method first"):
-        run(tiny_spec(tiny_training, tmp_path / "mm", "modalitymirror", rate=0.25, phase1=tmp_path / "nothing"), log=lambda m: None)
-    run(tiny_spec(tiny_training, tmp_path / "multifl", "multifl", rate=0.5, federated={"rounds": 2}), log=lambda m: None)
+        run(
+            tiny_spec(
+                tiny_training,
+                tmp_path / "mm",
+                "modalitymirror",
+                rate=0.25,
+                phase1=tmp_path / "nothing",
+            ),
+            log=lambda m: None,
+        )
+    run(
+        tiny_spec(
+            tiny_training, tmp_path / "multifl", "multifl", rate=0.5, federated={"rounds": 2}
+        ),
+        log=lambda m: None,
+    )
     with pytest.raises(ValueError, match="trained with other settings"):
-        run(tiny_spec(tiny_training, tmp_path / "mm2", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl"), log=lambda m: None)
+        run(
+            tiny_spec(
+                tiny_training,
+                tmp_path / "mm2",
+                "modalitymirror",
+                rate=0.25,
+                phase1=tmp_path / "multifl",
+            ),
+            log=lambda m: None,
+        )
 
 
 def test_distillation_loss_directions_and_temperature():
@@ -37,14 +67,24 @@ def test_distillation_loss_directions_and_temperature():
     forward = (p_t * (p_t / p_s).log()).sum()  # KL(p_M || p_A)
     reverse = (p_s * (p_s / p_t).log()).sum()  # KL(p_A || p_M)
     torch.testing.assert_close(distill_loss(student, teacher, SETTINGS), 4 * forward)
-    torch.testing.assert_close(distill_loss(student, teacher, {**SETTINGS, "kl_direction": "student_to_teacher"}), 4 * reverse)
-    torch.testing.assert_close(distill_loss(student, teacher, {**SETTINGS, "t2_scaling": False}), forward)
+    torch.testing.assert_close(
+        distill_loss(student, teacher, {**SETTINGS, "kl_direction": "student_to_teacher"}),
+        4 * reverse,
+    )
+    torch.testing.assert_close(
+        distill_loss(student, teacher, {**SETTINGS, "t2_scaling": False}), forward
+    )
     assert distill_loss(teacher, teacher, SETTINGS).abs() < 1e-6
 
 
 def test_trainable_teacher_and_label_term(tiny_training, tmp_path):
     run(tiny_spec(tiny_training, tmp_path / "multifl", "multifl", rate=0.25), log=lambda m: None)
-    frozen = run(tiny_spec(tiny_training, tmp_path / "a", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl"), log=lambda m: None)
+    frozen = run(
+        tiny_spec(
+            tiny_training, tmp_path / "a", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl"
+        ),
+        log=lambda m: None,
+    )
     trainable = run(
         tiny_spec(tiny_training, tmp_path / "b", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl",
                   method={"teacher": "trainable", "ce_weight": 0.5}),

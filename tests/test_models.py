@@ -21,7 +21,9 @@ from avfl.models.backbones import (
 from avfl.models.ssast import SSAST
 
 
-def official_checkpoint(size="tiny", patch="patch", input_tdim=1024, depth=2) -> dict[str, torch.Tensor]:
+def official_checkpoint(
+    size="tiny", patch="patch", input_tdim=1024, depth=2
+) -> dict[str, torch.Tensor]:
     """A state dict laid out as the official SSAST files: DataParallel keys, pretext layers, input size."""
     torch.manual_seed(1)
     model = SSAST(size=size, patch=patch, input_fdim=128, input_tdim=input_tdim, depth=depth)
@@ -35,13 +37,17 @@ def official_checkpoint(size="tiny", patch="patch", input_tdim=1024, depth=2) ->
     return state
 
 
-@pytest.mark.parametrize(("patch", "tdim"), [("patch", 512), ("patch", 1024), ("frame", 512), ("patch", 1536)])
+@pytest.mark.parametrize(
+    ("patch", "tdim"), [("patch", 512), ("patch", 1024), ("frame", 512), ("patch", 1536)]
+)
 def test_ssast_loads_official_layout_and_adapts_positions(patch, tdim):
     state = official_checkpoint(patch=patch)
     model = SSAST(size="tiny", patch=patch, input_fdim=128, input_tdim=tdim, depth=2)
     model.load_official(state)
     # Every transformer weight comes from the checkpoint.
-    assert torch.equal(model.v.blocks[1].attn.qkv.weight, state["module.v.blocks.1.attn.qkv.weight"])
+    assert torch.equal(
+        model.v.blocks[1].attn.qkv.weight, state["module.v.blocks.1.attn.qkv.weight"]
+    )
     assert torch.equal(model.v.cls_token, state["module.v.cls_token"])
     f_dim, t_dim = model.grid
     assert model.v.pos_embed.shape == (1, f_dim * t_dim + 2, 192)
@@ -67,11 +73,18 @@ def test_requested_ssast_weights_missing_is_a_clear_error_not_random_init(tmp_pa
     spec = {
         "backbone": "ssast",
         "pretrained": True,
-        "weights": {"path": str(tmp_path / "SSAST-Base-Patch-400.pth"), "url": "https://example.org/x.pth", "sha256": None, "download": False},
+        "weights": {
+            "path": str(tmp_path / "SSAST-Base-Patch-400.pth"),
+            "url": "https://example.org/x.pth",
+            "sha256": None,
+            "download": False,
+        },
         "ssast": {"size": "tiny", "patch": "patch", "stride": None},
     }
     with pytest.raises(weights.WeightsError) as info:
-        build_audio_backbone(spec, {"mean": 0.0, "std": 1.0}, {"num_mel_bins": 128, "target_frames": 512})
+        build_audio_backbone(
+            spec, {"mean": 0.0, "std": 1.0}, {"num_mel_bins": 128, "target_frames": 512}
+        )
     message = str(info.value)
     assert "SSAST-Base-Patch-400.pth" in message and "https://example.org/x.pth" in message
     assert "never used" in message
@@ -85,7 +98,11 @@ def test_resnet18_loads_imagenet_layout_with_checksum(tmp_path: Path):
     path = tmp_path / "resnet18.pth"
     torch.save(reference.state_dict(), path)
     digest = weights.sha256_of(path)
-    spec = {"backbone": "resnet18", "pretrained": True, "weights": {"path": str(path), "url": None, "sha256": digest[:8], "download": False}}
+    spec = {
+        "backbone": "resnet18",
+        "pretrained": True,
+        "weights": {"path": str(path), "url": None, "sha256": digest[:8], "download": False},
+    }
     backbone = build_visual_backbone(spec)
     assert torch.equal(backbone.net.conv1.weight, reference.conv1.weight)
     frames = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
@@ -96,7 +113,9 @@ def test_checksum_mismatch_moves_the_file_aside(tmp_path: Path):
     path = tmp_path / "w.pth"
     path.write_bytes(b"not the weights")
     with pytest.raises(weights.WeightsError, match="expected deadbeef"):
-        weights.resolve({"path": str(path), "sha256": "deadbeef"}, "ResNet-18", "model.visual.weights")
+        weights.resolve(
+            {"path": str(path), "sha256": "deadbeef"}, "ResNet-18", "model.visual.weights"
+        )
     assert not path.exists() and (tmp_path / "w.pth.bad-checksum").exists()
 
 
@@ -111,7 +130,12 @@ def test_weights_download_from_url(tmp_path: Path):
     thread.start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/resnet18.pth"
-        spec = {"path": str(tmp_path / "resources/resnet18.pth"), "url": url, "sha256": digest, "download": True}
+        spec = {
+            "path": str(tmp_path / "resources/resnet18.pth"),
+            "url": url,
+            "sha256": digest,
+            "download": True,
+        }
         path = weights.resolve(spec, "ResNet-18", "model.visual.weights")
         assert path.exists() and weights.sha256_of(path) == digest
     finally:
@@ -124,7 +148,9 @@ def test_parameter_free_backbones():
     fbank[1, :10] = 1.0
     out = FbankStats(mean=0.0, std=0.5, num_mel_bins=4)(fbank)
     assert out.shape == (2, 8)
-    torch.testing.assert_close(out[0, :4], fbank[0, :6].mean(dim=0))  # padding excluded; (x - 0) / (2 * 0.5)
+    torch.testing.assert_close(
+        out[0, :4], fbank[0, :6].mean(dim=0)
+    )  # padding excluded; (x - 0) / (2 * 0.5)
     assert list(FbankStats(0.0, 0.5, 4).parameters()) == []
     red = torch.zeros(1, 8, 8, 3, dtype=torch.uint8)
     red[..., 0] = 255

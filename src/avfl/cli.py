@@ -112,7 +112,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     torch.manual_seed(0)
     try:
         emb = compute_embeddings(
-            Path(args.features), args.modality, settings["spec"], settings["extract"], args.fold, device
+            Path(args.features),
+            args.modality,
+            settings["spec"],
+            settings["extract"],
+            args.fold,
+            device,
         )
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -138,7 +143,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         features=Path(args.features),
         out=Path(args.out),
         settings=_settings(args.settings),
-        embeddings=(Path(args.audio_embeddings), Path(args.visual_embeddings)) if args.audio_embeddings else None,
+        embeddings=(Path(args.audio_embeddings), Path(args.visual_embeddings))
+        if args.audio_embeddings
+        else None,
         phase1=Path(args.phase1) if args.phase1 else None,
     )
     try:
@@ -208,8 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="frozen backbone embeddings of every usable clip")
     p.add_argument("--features", required=True, help="extraction output folder")
     p.add_argument("--modality", required=True, choices=["audio", "visual"])
-    p.add_argument("--fold", type=int, default=None, help="audio: the fold whose statistics normalise the fbank")
-    p.add_argument("--settings", required=True, help='JSON {"spec": model.<modality>, "extract": ..., "device": ...}')
+    p.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        help="audio: the fold whose statistics normalise the fbank",
+    )
+    p.add_argument(
+        "--settings",
+        required=True,
+        help='JSON {"spec": model.<modality>, "extract": ..., "device": ...}',
+    )
     p.add_argument("--out", required=True, help=".npy file to write")
     p.set_defaults(func=cmd_embed)
 
@@ -224,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio-embeddings", default=None)
     p.add_argument("--visual-embeddings", default=None)
     p.add_argument("--phase1", default=None, help="run directory of the method this one consumes")
-    p.add_argument("--settings", required=True, help='JSON {"model", "federated", "extract", "method"}')
+    p.add_argument(
+        "--settings", required=True, help='JSON {"model", "federated", "extract", "method"}'
+    )
     p.add_argument("--out", required=True, help="run directory")
     p.set_defaults(func=cmd_train)
 

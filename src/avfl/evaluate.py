@@ -13,7 +13,13 @@ if TYPE_CHECKING:
 
 
 @torch.no_grad()
-def predict(model: AVModel, data: FederatedData, indices: torch.Tensor, kind: str = "audio", batch: int = 256) -> torch.Tensor:
+def predict(
+    model: AVModel,
+    data: FederatedData,
+    indices: torch.Tensor,
+    kind: str = "audio",
+    batch: int = 256,
+) -> torch.Tensor:
     """Logits of the audio ("audio"), audio-visual ("av") or visual ("visual") model."""
     model.eval()
     out = []
@@ -30,7 +36,9 @@ def predict(model: AVModel, data: FederatedData, indices: torch.Tensor, kind: st
     return torch.cat(out).float()
 
 
-def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
+def classification_metrics(
+    logits: np.ndarray, labels: np.ndarray, n_classes: int
+) -> dict[str, Any]:
     """Metrics of predictions; F1 per class over all classes (0 where a class never occurs).
 
     Macro-F1 averages over the classes present in `labels`, as scikit-learn does when
@@ -44,10 +52,15 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
     tp = np.diag(confusion).astype(float)
     precision_den = confusion.sum(axis=0)
     recall_den = confusion.sum(axis=1)
-    f1 = np.divide(2 * tp, precision_den + recall_den, out=np.zeros(n_classes), where=(precision_den + recall_den) > 0)
+    f1 = np.divide(
+        2 * tp,
+        precision_den + recall_den,
+        out=np.zeros(n_classes),
+        where=(precision_den + recall_den) > 0,
+    )
     present = recall_den > 0
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "top1": float((pred == labels).mean()),
         "top5": float((topk == labels[:, None]).any(axis=1).mean()),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
@@ -56,7 +69,9 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, n_classes: in
     }
 
 
-def evaluate(model: AVModel, data: FederatedData, indices: torch.Tensor, kind: str = "audio") -> dict[str, Any]:
+def evaluate(
+    model: AVModel, data: FederatedData, indices: torch.Tensor, kind: str = "audio"
+) -> dict[str, Any]:
     logits = predict(model, data, indices, kind).cpu().numpy()
     labels = data.labels[indices].cpu().numpy()
     metrics = classification_metrics(logits, labels, data.n_classes)

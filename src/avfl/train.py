@@ -54,8 +54,15 @@ def shared_hash(spec: RunSpec) -> str:
     """Hash of what every method's run shares (used to check a consumed phase-1 result)."""
     s = spec.settings
     return stable_hash(
-        {"dataset": spec.dataset, "fold": spec.fold, "rate": spec.rate, "seed": spec.seed,
-         "model": s["model"], "federated": s["federated"], "extract": s["extract"]}  # fmt: skip
+        {
+            "dataset": spec.dataset,
+            "fold": spec.fold,
+            "rate": spec.rate,
+            "seed": spec.seed,
+            "model": s["model"],
+            "federated": s["federated"],
+            "extract": s["extract"],
+        }
     )
 
 
@@ -65,8 +72,12 @@ def choose_device(requested: str, log: Callable[[str], None]) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if requested == "cuda":
-        raise RuntimeError("device: cuda was requested but no CUDA device is visible (check CUDA_VISIBLE_DEVICES)")
-    message = "no CUDA device visible: training on the CPU (set federated.device: cpu to silence this)"
+        raise RuntimeError(
+            "device: cuda was requested but no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"
+        )
+    message = (
+        "no CUDA device visible: training on the CPU (set federated.device: cpu to silence this)"
+    )
     warnings.warn(message, stacklevel=2)
     log(f"warning: {message}")
     return torch.device("cpu")
@@ -83,7 +94,9 @@ def _load_inputs(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.load(paths[0])), torch.from_numpy(np.load(paths[1]))
 
 
-def build_model(spec: RunSpec, audio_dim: int, visual_dim: int, n_classes: int, norm: Mapping[str, float]) -> AVModel:
+def build_model(
+    spec: RunSpec, audio_dim: int, visual_dim: int, n_classes: int, norm: Mapping[str, float]
+) -> AVModel:
     model_cfg = spec.settings["model"]
     audio_backbone = visual_backbone = None
     if model_cfg["mode"] == "finetune":
@@ -91,10 +104,20 @@ def build_model(spec: RunSpec, audio_dim: int, visual_dim: int, n_classes: int, 
         visual_backbone = build_visual_backbone(model_cfg["visual"])
         audio_dim, visual_dim = audio_backbone.out_dim, visual_backbone.out_dim
     torch.manual_seed(derive_seed(spec.seed, "init"))
-    return AVModel(audio_dim, visual_dim, n_classes, model_cfg["hidden_dim"], model_cfg["dropout"], audio_backbone, visual_backbone)
+    return AVModel(
+        audio_dim,
+        visual_dim,
+        n_classes,
+        model_cfg["hidden_dim"],
+        model_cfg["dropout"],
+        audio_backbone,
+        visual_backbone,
+    )
 
 
-def run(spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | None = None) -> dict[str, Any]:
+def run(
+    spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | None = None
+) -> dict[str, Any]:
     """Train, evaluate, and write `metrics.json` and `model.pt` into spec.out."""
     started = time.perf_counter()
     fed = spec.settings["federated"]
@@ -145,15 +168,27 @@ def run(spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | Non
         "method": spec.method,
         "rate": spec.rate,
         "seed": spec.seed,
-        "config_hash": stable_hash({"shared": shared_hash(spec), "method": spec.method, "settings": spec.settings["method"]}),
+        "config_hash": stable_hash(
+            {
+                "shared": shared_hash(spec),
+                "method": spec.method,
+                "settings": spec.settings["method"],
+            }
+        ),
         "shared_hash": shared_hash(spec),
         "config": {k: spec.settings[k] for k in ("model", "federated", "extract", "method")},
-        "partition": {"file": str(spec.partition), "seed": partition["seed"], "n_clients": len(partition["clients"])},
+        "partition": {
+            "file": str(spec.partition),
+            "seed": partition["seed"],
+            "n_clients": len(partition["clients"]),
+        },
         "audio_only_clients": sorted(data.audio_only),
         "versions": versions(),
         "device": _device_name(device),
-        "rounds": {name: p.rounds_run for name, p in result.phases.items()},
-        "resumed_from": {name: p.resumed_from for name, p in result.phases.items() if p.resumed_from},
+        "rounds": {name: p.rounds for name, p in result.phases.items()},
+        "resumed_from": {
+            name: p.resumed_from for name, p in result.phases.items() if p.resumed_from
+        },
         "selected_round": {name: p.selected_round for name, p in result.phases.items()},
         "dev_curve": {name: p.dev_curve for name, p in result.phases.items()},
         "test": test,
@@ -165,7 +200,11 @@ def run(spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | Non
         record["test_av"] = {k: av[k] for k in ("n", "top1", "top5", "macro_f1")}
     last_phase = list(result.phases.values())[-1]
     torch.save(
-        {"selected": _cpu(result.audio_state), "last": _cpu(last_phase.last_state), "shared_hash": shared_hash(spec)},
+        {
+            "selected": _cpu(result.audio_state),
+            "last": _cpu(last_phase.last_state),
+            "shared_hash": shared_hash(spec),
+        },
         spec.out / "model.pt",
     )
     record["wall_time_s"] = round(time.perf_counter() - started, 3)

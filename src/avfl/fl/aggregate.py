@@ -25,7 +25,9 @@ class Aggregator:
         self.weights: dict[str, float] = {}
         self.contributors: dict[str, list[int]] = {}
 
-    def add(self, client: int, state: Mapping[str, torch.Tensor], groups: Iterable[str], weight: float) -> None:
+    def add(
+        self, client: int, state: Mapping[str, torch.Tensor], groups: Iterable[str], weight: float
+    ) -> None:
         groups = set(groups)
         for name, value in state.items():
             if group_of(name) not in groups or not value.is_floating_point():

@@ -53,7 +53,11 @@ def build_federated_data(
     labels = torch.full((audio.shape[0],), -1, dtype=torch.long)
     for clip_id, row in row_of.items():
         labels[row] = label_of[clip_id]
-    audio_only = frozenset() if rate is None else frozenset(audio_only_clients(partition["audio_only_order"], rate))
+    audio_only = (
+        frozenset()
+        if rate is None
+        else frozenset(audio_only_clients(partition["audio_only_order"], rate))
+    )
     return FederatedData(
         audio=audio.to(device),
         visual=visual.to(device),

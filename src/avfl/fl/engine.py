@@ -27,6 +27,7 @@ import torch
 from avfl.evaluate import predict
 from avfl.fl.aggregate import Aggregator
 from avfl.fl.data import FederatedData
+from avfl.fl.parallel import parallel_local_train, supports_parallel
 from avfl.models.heads import AVModel, group_of
 
 
@@ -36,7 +37,9 @@ class Task(Protocol):
     name: str
     groups: tuple[str, ...]  # parameter groups trained, and so sent to the server
 
-    def loss(self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+    def loss(
+        self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 @dataclass
@@ -56,7 +59,7 @@ class PhaseResult:
     last_state: dict[str, torch.Tensor]  # the global state after the last round
     selected_round: int
     dev_curve: list[dict[str, float]] = field(default_factory=list)
-    rounds_run: int = 0
+    rounds: int = 0  # rounds of the phase in total (resumed or not)
     resumed_from: int = 0
 
 
@@ -71,6 +74,9 @@ class TrainSettings:
     selection: str  # "best_dev" | "last"
     checkpoint_every: int
     seed: int
+    parallel: bool = (
+        True  # train a round's clients in lockstep (fl/parallel.py) where the model allows
+    )
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -88,15 +94,20 @@ def trainable(model: AVModel, groups: Sequence[str]) -> list[torch.nn.Parameter]
     return params
 
 
-def local_train(model: AVModel, task: Task, indices: torch.Tensor, data: FederatedData, cfg: TrainSettings) -> None:
+def local_train(
+    model: AVModel, task: Task, indices: torch.Tensor, data: FederatedData, cfg: TrainSettings
+) -> None:
     """Local epochs of minibatch training on one client's samples (indexing on the device)."""
     params = trainable(model, task.groups)
     if not params:
         return
+    # Multi-tensor ("foreach") updates: one kernel per step for all parameters, also on CPU.
     if cfg.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
+        )
     else:
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     model.train()
     for _ in range(cfg.local_epochs):
         order = indices[torch.randperm(indices.numel(), device="cpu").to(indices.device)]
@@ -146,23 +157,34 @@ def run_phase(
         saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         state = {k: v.to(initial_state[k].device) for k, v in saved["state"].items()}
         best_state = {k: v.to(initial_state[k].device) for k, v in saved["best_state"].items()}
-        best_score, best_round, curve, start_round = saved["best_score"], saved["best_round"], saved["curve"], saved["round"]
+        best_score, best_round, curve, start_round = (
+            saved["best_score"],
+            saved["best_round"],
+            saved["curve"],
+            saved["round"],
+        )
         log(f"[{phase.name}] resumed from round {start_round}")
     eligible = sorted(phase.clients)
     if not eligible:
         raise RuntimeError(f"phase {phase.name}: no eligible clients")
+    parallel = cfg.parallel and supports_parallel(model)
     for rnd in range(start_round, phase.rounds):
         tic = time.perf_counter()
         rng = np.random.default_rng(derive_seed(cfg.seed, phase.name, rnd) % 2**63)
         k = min(phase.clients_per_round, len(eligible))
         sampled = sorted(rng.choice(eligible, size=k, replace=False).tolist())
         aggregator = Aggregator(state)
-        for client in sampled:
-            model.load_state_dict(state)
-            torch.manual_seed(derive_seed(cfg.seed, phase.name, rnd, client))
-            task = phase.task_of(client)
-            local_train(model, task, data.clients[client], data, cfg)
-            aggregator.add(client, model.state_dict(), task.groups, float(data.client_size(client)))
+        if parallel:
+            _train_round_parallel(phase, model, state, sampled, rnd, data, cfg, aggregator)
+        else:
+            for client in sampled:
+                model.load_state_dict(state)
+                torch.manual_seed(derive_seed(cfg.seed, phase.name, rnd, client))
+                task = phase.task_of(client)
+                local_train(model, task, data.clients[client], data, cfg)
+                aggregator.add(
+                    client, model.state_dict(), task.groups, float(data.client_size(client))
+                )
         state = aggregator.result()
         last = rnd + 1 == phase.rounds
         if (rnd + 1) % cfg.eval_every == 0 or last:
@@ -171,11 +193,22 @@ def run_phase(
             curve.append({"round": rnd + 1, f"dev_{phase.select_by}_top1": round(score, 6)})
             if cfg.selection == "last" or np.isnan(score) or score > best_score:
                 best_state, best_score, best_round = copy.deepcopy(state), score, rnd + 1
-            log(f"[{phase.name}] round {rnd + 1}/{phase.rounds} dev {phase.select_by} top1 {score:.4f} ({time.perf_counter() - tic:.2f} s)")
+            log(
+                f"[{phase.name}] round {rnd + 1}/{phase.rounds} dev {phase.select_by} top1 {score:.4f} ({time.perf_counter() - tic:.2f} s)"
+            )
         done = rnd + 1
-        if ckpt_path is not None and (done % cfg.checkpoint_every == 0 or last or done == stop_after):
+        if ckpt_path is not None and (
+            done % cfg.checkpoint_every == 0 or last or done == stop_after
+        ):
             _save_atomic(
-                {"state": state, "best_state": best_state, "best_score": best_score, "best_round": best_round, "curve": curve, "round": done},
+                {
+                    "state": state,
+                    "best_state": best_state,
+                    "best_score": best_score,
+                    "best_round": best_round,
+                    "curve": curve,
+                    "round": done,
+                },
                 ckpt_path,
             )
         if stop_after is not None and done >= stop_after and not last:
@@ -186,9 +219,36 @@ def run_phase(
         last_state=state,
         selected_round=best_round if cfg.selection == "best_dev" else phase.rounds,
         dev_curve=curve,
-        rounds_run=phase.rounds - start_round,
+        rounds=phase.rounds,
         resumed_from=start_round,
     )
+
+
+def _train_round_parallel(phase, model, state, sampled, rnd, data, cfg, aggregator) -> None:
+    """Clients with the same task train in lockstep; each client's batch order has its own seed."""
+    buckets: list[tuple[Task, list[int]]] = []
+    for client in sampled:
+        task = phase.task_of(client)
+        for known, members in buckets:
+            if known == task:
+                members.append(client)
+                break
+        else:
+            buckets.append((task, [client]))
+    model.load_state_dict(state)
+    for number, (task, members) in enumerate(buckets):
+        torch.manual_seed(derive_seed(cfg.seed, phase.name, rnd, "parallel", number))  # dropout
+        seeds = [derive_seed(cfg.seed, phase.name, rnd, c) for c in members]
+        stacked = parallel_local_train(
+            model, task, state, [data.clients[c] for c in members], seeds, data, cfg
+        )
+        for i, client in enumerate(members):
+            aggregator.add(
+                client,
+                {n: v[i] for n, v in stacked.items()},
+                task.groups,
+                float(data.client_size(client)),
+            )
 
 
 class Interrupted(RuntimeError):

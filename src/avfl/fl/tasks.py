@@ -1,4 +1,8 @@
-"""The local tasks that the methods are built from: what a client trains, and its loss."""
+"""The local tasks that the methods are built from: what a client trains, and its loss.
+
+Each task gives a per-sample loss; `loss` is its batch mean. The per-sample form lets the
+engine train several clients in lockstep with padded batches (padding weighs zero).
+"""
 
 from __future__ import annotations
 
@@ -17,8 +21,13 @@ class AudioTask:
     name: str = "audio"
     groups: tuple[str, ...] = AUDIO_MODEL
 
-    def loss(self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model.audio_logits(audio), labels)
+    def sample_loss(
+        self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return F.cross_entropy(model.audio_logits(audio), labels, reduction="none")
+
+    def loss(self, model, audio, visual, labels) -> torch.Tensor:
+        return self.sample_loss(model, audio, visual, labels).mean()
 
 
 @dataclass(frozen=True)
@@ -28,8 +37,13 @@ class VisualTask:
     name: str = "visual"
     groups: tuple[str, ...] = VISUAL_MODEL
 
-    def loss(self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model.visual_logits(visual), labels)
+    def sample_loss(
+        self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        return F.cross_entropy(model.visual_logits(visual), labels, reduction="none")
+
+    def loss(self, model, audio, visual, labels) -> torch.Tensor:
+        return self.sample_loss(model, audio, visual, labels).mean()
 
 
 @dataclass(frozen=True)
@@ -47,10 +61,19 @@ class AVTask:
     def groups(self) -> tuple[str, ...]:
         return AV_MODEL + (("audio_head",) if self.audio_head_weight > 0 else ())
 
-    def loss(self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def sample_loss(
+        self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         a = model.audio_embedding(audio)
         v = model.visual_embedding(visual)
-        loss = F.cross_entropy(model.fusion_head(torch.cat([a, v], dim=-1)), labels)
+        loss = F.cross_entropy(
+            model.fusion_head(torch.cat([a, v], dim=-1)), labels, reduction="none"
+        )
         if self.audio_head_weight > 0:
-            loss = loss + self.audio_head_weight * F.cross_entropy(model.audio_head(a), labels)
+            loss = loss + self.audio_head_weight * F.cross_entropy(
+                model.audio_head(a), labels, reduction="none"
+            )
         return loss
+
+    def loss(self, model, audio, visual, labels) -> torch.Tensor:
+        return self.sample_loss(model, audio, visual, labels).mean()

@@ -30,7 +30,12 @@ class RunContext:
     phase1: Mapping[str, Any] | None = None  # a previous method's saved result (ModalityMirror)
     stop_after: int | None = None  # tests: simulate an interruption
 
-    def run(self, phase: Phase, model: AVModel | None = None, initial_state: Mapping[str, torch.Tensor] | None = None) -> PhaseResult:
+    def run(
+        self,
+        phase: Phase,
+        model: AVModel | None = None,
+        initial_state: Mapping[str, torch.Tensor] | None = None,
+    ) -> PhaseResult:
         return run_phase(
             phase,
             model if model is not None else self.model,
@@ -48,7 +53,9 @@ class MethodResult:
     audio_state: dict[str, torch.Tensor]  # the reported audio model (AUDIO_MODEL groups inside)
     phases: dict[str, PhaseResult]
     model: AVModel  # a model instance that `audio_state` loads into
-    extra: dict[str, Any] = field(default_factory=dict)  # e.g. an audio-visual model to evaluate too
+    extra: dict[str, Any] = field(
+        default_factory=dict
+    )  # e.g. an audio-visual model to evaluate too
 
 
 class Method(Protocol):

@@ -32,21 +32,42 @@ class Harmony:
         clients = range(len(ctx.data.clients))
         phases = {
             "stage1_audio": ctx.run(
-                Phase("harmony_audio", clients, lambda c: AudioTask(), fed["rounds"], fed["clients_per_round"], "audio")
+                Phase(
+                    "harmony_audio",
+                    clients,
+                    lambda c: AudioTask(),
+                    fed["rounds"],
+                    fed["clients_per_round"],
+                    "audio",
+                )
             )
         }
         extra = {}
         multimodal = ctx.data.multimodal
         if ctx.rate is not None and ctx.settings["fusion_stage"] and multimodal:
             phases["stage1_visual"] = ctx.run(
-                Phase("harmony_visual", multimodal, lambda c: VisualTask(), fed["rounds"], fed["clients_per_round"], "visual")
+                Phase(
+                    "harmony_visual",
+                    multimodal,
+                    lambda c: VisualTask(),
+                    fed["rounds"],
+                    fed["clients_per_round"],
+                    "visual",
+                )
             )
             audio_state, visual_state = phases["stage1_audio"].state, phases["stage1_visual"].state
             start = dict(ctx.initial_state)
             start.update({k: v for k, v in audio_state.items() if group_of(k) in AUDIO_MODEL})
             start.update({k: v for k, v in visual_state.items() if group_of(k) in VISUAL_MODEL})
             phases["stage2_fusion"] = ctx.run(
-                Phase("harmony_fusion", multimodal, lambda c: AVTask(), ctx.settings["fusion_rounds"] or fed["rounds"], fed["clients_per_round"], "av"),
+                Phase(
+                    "harmony_fusion",
+                    multimodal,
+                    lambda c: AVTask(),
+                    ctx.settings["fusion_rounds"] or fed["rounds"],
+                    fed["clients_per_round"],
+                    "av",
+                ),
                 initial_state=start,
             )
             extra["av_state"] = phases["stage2_fusion"].state

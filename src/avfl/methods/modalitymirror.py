@@ -48,16 +48,25 @@ class MirrorModel(AVModel):
         self.teacher = teacher
 
 
-def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, settings: Mapping[str, Any]) -> torch.Tensor:
-    """Temperature-scaled KL between teacher (p_M) and student (p_A), in the configured direction."""
+def sample_distill_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, settings: Mapping[str, Any]
+) -> torch.Tensor:
+    """Per-sample temperature-scaled KL between teacher (p_M) and student (p_A), in the configured direction."""
     t = settings["temperature"]
     log_p_student = F.log_softmax(student_logits / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits / t, dim=-1)
     if settings["kl_direction"] == "teacher_to_student":  # KL(p_M || p_A)
-        kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean")
+        kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(dim=-1)
     else:  # KL(p_A || p_M)
-        kl = F.kl_div(log_p_teacher, log_p_student, log_target=True, reduction="batchmean")
+        kl = F.kl_div(log_p_teacher, log_p_student, log_target=True, reduction="none").sum(dim=-1)
     return kl * (t * t if settings["t2_scaling"] else 1.0)
+
+
+def distill_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, settings: Mapping[str, Any]
+) -> torch.Tensor:
+    """Batch mean of `sample_distill_loss` (PyTorch's "batchmean" KL)."""
+    return sample_distill_loss(student_logits, teacher_logits, settings).mean()
 
 
 @dataclass(frozen=True)
@@ -69,18 +78,26 @@ class DistillTask:
     def groups(self) -> tuple[str, ...]:
         return AUDIO_MODEL + (("teacher",) if self.settings["teacher"] == "trainable" else ())
 
-    def loss(self, model: MirrorModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def sample_loss(
+        self, model: MirrorModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         trainable_teacher = self.settings["teacher"] == "trainable"
         model.teacher.train(trainable_teacher)
-        with torch.set_grad_enabled(trainable_teacher):
-            teacher_logits = model.teacher.av_logits(audio, visual)
+        teacher_logits = model.teacher.av_logits(audio, visual)
         student_logits = model.audio_logits(audio)
-        loss = self.settings["kd_weight"] * distill_loss(student_logits, teacher_logits.detach(), self.settings)
+        loss = self.settings["kd_weight"] * sample_distill_loss(
+            student_logits, teacher_logits.detach(), self.settings
+        )
         if self.settings["ce_weight"] > 0:
-            loss = loss + self.settings["ce_weight"] * F.cross_entropy(student_logits, labels)
+            loss = loss + self.settings["ce_weight"] * F.cross_entropy(
+                student_logits, labels, reduction="none"
+            )
         if trainable_teacher:
-            loss = loss + F.cross_entropy(teacher_logits, labels)
+            loss = loss + F.cross_entropy(teacher_logits, labels, reduction="none")
         return loss
+
+    def loss(self, model, audio, visual, labels) -> torch.Tensor:
+        return self.sample_loss(model, audio, visual, labels).mean()
 
 
 @dataclass
@@ -91,11 +108,15 @@ class ModalityMirror:
 
     def run(self, ctx: RunContext) -> MethodResult:
         if ctx.phase1 is None:
-            raise ValueError("ModalityMirror needs MultiFL's saved result for the same fold, rate and seed")
+            raise ValueError(
+                "ModalityMirror needs MultiFL's saved result for the same fold, rate and seed"
+            )
         phase1 = ctx.phase1[ctx.settings["phase1_state"]]
         multimodal = ctx.data.multimodal
         if not multimodal:
-            raise ValueError("ModalityMirror distils on multimodal clients: the video-missing rate must be below 1")
+            raise ValueError(
+                "ModalityMirror distils on multimodal clients: the video-missing rate must be below 1"
+            )
         teacher = _copy_model(ctx.model)
         teacher.load_state_dict(phase1)
         model = MirrorModel(ctx.model, teacher)

@@ -42,4 +42,6 @@ class MultiFL:
             "audio",
         )
         result = ctx.run(phase)
-        return MethodResult(result.state, {"multifl": result}, ctx.model, {"av_state": result.last_state})
+        return MethodResult(
+            result.state, {"multifl": result}, ctx.model, {"av_state": result.last_state}
+        )

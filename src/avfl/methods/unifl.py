@@ -30,7 +30,9 @@ class UniFL:
         data, fed = ctx.data, ctx.federated
         audio_only, multimodal = sorted(data.audio_only), data.multimodal
         if not audio_only:
-            raise ValueError("UniFL reports the audio-only group's model: it needs a video-missing rate above 0")
+            raise ValueError(
+                "UniFL reports the audio-only group's model: it needs a video-missing rate above 0"
+            )
         n = len(data.clients)
 
         def per_round(group_size: int) -> int:
@@ -40,12 +42,26 @@ class UniFL:
 
         phases = {}
         phases["audio_group"] = ctx.run(
-            Phase("unifl_audio", audio_only, lambda c: AudioTask(), fed["rounds"], per_round(len(audio_only)), "audio")
+            Phase(
+                "unifl_audio",
+                audio_only,
+                lambda c: AudioTask(),
+                fed["rounds"],
+                per_round(len(audio_only)),
+                "audio",
+            )
         )
         extra = {}
         if multimodal and ctx.settings["train_multimodal_group"]:
             phases["multimodal_group"] = ctx.run(
-                Phase("unifl_av", multimodal, lambda c: AVTask(), fed["rounds"], per_round(len(multimodal)), "av")
+                Phase(
+                    "unifl_av",
+                    multimodal,
+                    lambda c: AVTask(),
+                    fed["rounds"],
+                    per_round(len(multimodal)),
+                    "av",
+                )
             )
             extra["av_state"] = phases["multimodal_group"].state
         return MethodResult(phases["audio_group"].state, phases, ctx.model, extra)

@@ -12,6 +12,7 @@ in its compact form and every path preprocesses the same way.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,14 +71,19 @@ class ColorStats(nn.Module):
         r, g, b = x[:, 0], x[:, 1], x[:, 2]
         cmax, cmin = x.max(dim=1).values, x.min(dim=1).values
         delta = (cmax - cmin).clamp_min(1e-6)
-        hue = torch.where(
-            cmax == r,
-            ((g - b) / delta) % 6,
-            torch.where(cmax == g, (b - r) / delta + 2, (r - g) / delta + 4),
-        ) / 6.0
+        hue = (
+            torch.where(
+                cmax == r,
+                ((g - b) / delta) % 6,
+                torch.where(cmax == g, (b - r) / delta + 2, (r - g) / delta + 4),
+            )
+            / 6.0
+        )
         saturation = (cmax - cmin) / cmax.clamp_min(1e-6)
         bins = (hue.clamp(0, 1 - 1e-6) * 16).long().flatten(1)
-        hist = torch.zeros(x.shape[0], 16, device=x.device).scatter_add_(1, bins, saturation.flatten(1))
+        hist = torch.zeros(x.shape[0], 16, device=x.device).scatter_add_(
+            1, bins, saturation.flatten(1)
+        )
         hist = hist / saturation.flatten(1).sum(dim=1, keepdim=True).clamp_min(1e-6)
         stats = torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
         return torch.cat([layout, hist, stats], dim=1)
@@ -85,8 +91,13 @@ class ColorStats(nn.Module):
 
 def _conv_stack(channels: list[int], pool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for c_in, c_out in zip(channels[:-1], channels[1:], strict=True):
-        layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(pool)]
+    for c_in, c_out in itertools.pairwise(channels):
+        layers += [
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(),
+            nn.MaxPool2d(pool),
+        ]
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
@@ -140,7 +151,14 @@ class ResNet18(nn.Module):
 
 
 class SSASTBackbone(nn.Module):
-    def __init__(self, mean: float, std: float, num_mel_bins: int, target_frames: int, options: Mapping[str, Any]):
+    def __init__(
+        self,
+        mean: float,
+        std: float,
+        num_mel_bins: int,
+        target_frames: int,
+        options: Mapping[str, Any],
+    ):
         super().__init__()
         self.norm = AudioInput(mean, std)
         self.net = SSAST(
@@ -161,7 +179,9 @@ VISUAL_BACKBONES = ("color_stats", "small_cnn", "resnet18")
 PARAMETER_FREE = {"fbank_stats", "color_stats"}
 
 
-def build_audio_backbone(spec: Mapping[str, Any], norm: Mapping[str, float], extract: Mapping[str, Any]) -> nn.Module:
+def build_audio_backbone(
+    spec: Mapping[str, Any], norm: Mapping[str, float], extract: Mapping[str, Any]
+) -> nn.Module:
     """spec: the config's model.audio block; norm: the fold's {mean, std}."""
     name = spec["backbone"]
     mean, std = norm["mean"], norm["std"]
@@ -170,7 +190,9 @@ def build_audio_backbone(spec: Mapping[str, Any], norm: Mapping[str, float], ext
     if name == "small_cnn":
         return SmallAudioCNN(mean, std)
     if name == "ssast":
-        backbone = SSASTBackbone(mean, std, extract["num_mel_bins"], extract["target_frames"], spec["ssast"])
+        backbone = SSASTBackbone(
+            mean, std, extract["num_mel_bins"], extract["target_frames"], spec["ssast"]
+        )
         if spec["pretrained"]:
             path = weight_files.resolve(spec["weights"], "SSAST", "model.audio.weights")
             backbone.net.load_official(weight_files.load_state_dict(path))

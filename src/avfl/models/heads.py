@@ -61,7 +61,9 @@ class AVModel(nn.Module):
         self.visual_encoder = encoder(visual_dim, hidden, dropout)
         self.audio_head = nn.Linear(hidden, n_classes)
         self.visual_head = nn.Linear(hidden, n_classes)
-        self.fusion_head = nn.Sequential(nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+        self.fusion_head = nn.Sequential(
+            nn.Linear(2 * hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_classes)
+        )
 
     def audio_embedding(self, audio: torch.Tensor) -> torch.Tensor:
         return self.audio_encoder(self.audio_backbone(audio))
@@ -76,4 +78,6 @@ class AVModel(nn.Module):
         return self.visual_head(self.visual_embedding(visual))
 
     def av_logits(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        return self.fusion_head(torch.cat([self.audio_embedding(audio), self.visual_embedding(visual)], dim=-1))
+        return self.fusion_head(
+            torch.cat([self.audio_embedding(audio), self.visual_embedding(visual)], dim=-1)
+        )

@@ -112,7 +112,9 @@ class SSAST(nn.Module):
         x = fbank.unsqueeze(1).transpose(2, 3)  # (B, 1, F, T)
         x = self.v.patch_embed(x)
         b = x.shape[0]
-        x = torch.cat([self.v.cls_token.expand(b, -1, -1), self.v.dist_token.expand(b, -1, -1), x], dim=1)
+        x = torch.cat(
+            [self.v.cls_token.expand(b, -1, -1), self.v.dist_token.expand(b, -1, -1), x], dim=1
+        )
         x = x + self.v.pos_embed
         for block in self.v.blocks:
             x = block(x)
@@ -122,16 +124,28 @@ class SSAST(nn.Module):
         """Load an official SSAST checkpoint (DataParallel keys); strict on the ViT's weights."""
         state = {k.removeprefix("module."): v for k, v in state.items()}
         if "v.patch_embed.proj.weight" not in state or "p_input_tdim" not in state:
-            raise ValueError("not an SSAST checkpoint: v.patch_embed.proj.weight / p_input_tdim missing")
+            raise ValueError(
+                "not an SSAST checkpoint: v.patch_embed.proj.weight / p_input_tdim missing"
+            )
         proj = state["v.patch_embed.proj.weight"]
         if tuple(proj.shape[2:]) != self.shape:
-            raise ValueError(f"checkpoint has {tuple(proj.shape[2:])} patches, the model {self.shape}: set patch accordingly")
-        p_grid = patch_grid(int(state["p_input_fdim"]), int(state["p_input_tdim"]), self.shape, self.shape)
-        vit = {k[2:]: v for k, v in state.items() if k.startswith("v.") and not k.startswith(("v.head", "v.head_dist"))}
+            raise ValueError(
+                f"checkpoint has {tuple(proj.shape[2:])} patches, the model {self.shape}: set patch accordingly"
+            )
+        p_grid = patch_grid(
+            int(state["p_input_fdim"]), int(state["p_input_tdim"]), self.shape, self.shape
+        )
+        vit = {
+            k[2:]: v
+            for k, v in state.items()
+            if k.startswith("v.") and not k.startswith(("v.head", "v.head_dist"))
+        }
         vit["pos_embed"] = self._adapt_pos_embed(vit["pos_embed"], p_grid)
         missing, unexpected = self.v.load_state_dict(vit, strict=False)
         if missing or unexpected:
-            raise ValueError(f"SSAST checkpoint does not match the model: missing {missing}, unexpected {unexpected}")
+            raise ValueError(
+                f"SSAST checkpoint does not match the model: missing {missing}, unexpected {unexpected}"
+            )
 
     def _adapt_pos_embed(self, pos: torch.Tensor, p_grid: tuple[int, int]) -> torch.Tensor:
         dim = pos.shape[-1]
