@@ -11,6 +11,7 @@ configfile: workflow.source_path("config/config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/partition.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:

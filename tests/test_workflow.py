@@ -38,15 +38,22 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def write_config(
-    path: Path, partition: dict | None = None, seeds: tuple = (0, 1), **extract
+    path: Path,
+    partition: dict | None = None,
+    seeds: tuple = (0, 1),
+    methods: dict | None = None,
+    **extract,
 ) -> Path:
     config = {
         "run_datasets": ["tiny"],
         "partition": {"n_clients": 8, "alpha": 0.5, **(partition or {})},
-        "experiment": {"seeds": list(seeds)},
+        "experiment": {"seeds": list(seeds), "table1_rates": [0.5], "figure3_rates": []},
+        "federated": {"rounds": 3, "clients_per_round": 4, "eval_every": 1, "device": "cpu"},
+        "methods": methods or {},
         "datasets": {
             "tiny": {
                 "source": "synthetic",
+                "folds": [1, 2],
                 "synthetic": TINY_SYNTHETIC,
                 "extract": {**TINY_EXTRACT, **extract},
             }
@@ -91,12 +98,24 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     assert sum(r.status == "failed" for r in rows) == 2  # the deliberately broken clips
     assert "usable" in (tmp_path / "results/logs/tiny/extract.log").read_text()
     assert (tmp_path / "results/benchmarks/tiny/extract.tsv").exists()
-    for fold in (1, 2, 3):
+    for fold in (1, 2):
         for seed in (0, 1):
             stem = tmp_path / f"results/tiny/partition/fold{fold}_seed{seed}"
             record = json.loads(stem.with_suffix(".json").read_text())
             assert len(record["clients"]) == 8 and record["fold"] == fold
             assert Path(f"{stem}_heatmap.png").stat().st_size > 0
+            runs = tmp_path / f"results/tiny/runs/fold{fold}"
+            for method in ("unifl", "multifl", "modalitymirror"):
+                metrics = json.loads((runs / f"{method}/r0.5/seed{seed}/metrics.json").read_text())
+                assert (metrics["method"], metrics["rate"], metrics["fold"]) == (method, 0.5, fold)
+            assert (
+                json.loads((runs / f"harmony/seed{seed}/metrics.json").read_text())["rate"] is None
+            )
+    table = subprocess.run(
+        [f"{VENV_BIN}/python", "-m", "avfl", "table", "--runs", str(tmp_path / "results/tiny/runs")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "ModalityMirror" in table.stdout and "(n=4)" in table.stdout
 
     again = snakemake(tmp_path, "all", "-n", "--configfile", str(config))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -105,9 +124,13 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     changed = write_config(tmp_path / "changed.yaml", frame_size=48)
     dry = snakemake(tmp_path, "all", "-n", "--configfile", str(changed))
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert scheduled(dry) == {"extract_features", "partition", "all"}
+    training = {"train", "train_rate_free"}
+    assert (
+        scheduled(dry)
+        == {"extract_features", "partition", "embed_audio", "embed_visual", "all"} | training
+    )
 
-    # A new alpha reruns the partitions, not extraction.
+    # A new alpha reruns the partitions and training, not extraction or embeddings.
     dry = snakemake(
         tmp_path,
         "all",
@@ -115,10 +138,10 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
         "--configfile",
         str(write_config(tmp_path / "a.yaml", {"alpha": 2.0})),
     )
-    assert scheduled(dry) == {"partition", "all"}
-    assert "6" in next(line for line in dry.stdout.splitlines() if line.startswith("partition"))
+    assert scheduled(dry) == {"partition", "all"} | training
+    assert len(job_outputs(dry, "partition")) == 3 * 4  # json, stats, heatmap x (2 folds x 2 seeds)
 
-    # A new seed runs only that seed's partitions.
+    # A new seed runs only that seed's jobs.
     dry = snakemake(
         tmp_path,
         "all",
@@ -126,10 +149,23 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
         "--configfile",
         str(write_config(tmp_path / "s.yaml", seeds=(0, 1, 2))),
     )
-    assert scheduled(dry) == {"partition", "all"}
+    assert scheduled(dry) == {"partition", "all"} | training
     assert {Path(out).name for out in job_outputs(dry, "partition") if out.endswith(".json")} == {
-        f"fold{fold}_seed2.json" for fold in (1, 2, 3)
+        f"fold{fold}_seed2.json" for fold in (1, 2)
     }
+    assert all(
+        "seed2" in out for out in job_outputs(dry, "train") + job_outputs(dry, "train_rate_free")
+    )
+
+    # A ModalityMirror knob reruns only ModalityMirror's runs.
+    mm = write_config(tmp_path / "m.yaml", methods={"modalitymirror": {"temperature": 4.0}})
+    dry = snakemake(tmp_path, "all", "-n", "--configfile", str(mm))
+    assert scheduled(dry) == {"train", "all"}
+    outputs = job_outputs(dry, "train")
+    assert outputs and all("/modalitymirror/" in out for out in outputs)
+    assert (
+        len([o for o in outputs if o.endswith("metrics.json")]) == 4
+    )  # 2 folds x 2 seeds at r = 0.5
 
 
 def test_bad_config_is_rejected_before_any_job(tmp_path: Path):
@@ -155,7 +191,8 @@ def test_ucf101_from_an_existing_copy(tmp_path: Path, tiny_raw: Path):
     }
     path = tmp_path / "ucf.yaml"
     path.write_text(yaml.safe_dump(config))
-    run = snakemake(tmp_path, "all", "--configfile", str(REPO / "config/ucf101.yaml"), str(path))
+    target = "data/features/ucf101/manifest.tsv"
+    run = snakemake(tmp_path, target, "--configfile", str(REPO / "config/ucf101.yaml"), str(path))
     assert run.returncode == 0, run.stderr[-3000:]
     rows = read_manifest(tmp_path / "data/features/ucf101/manifest.tsv")
     assert sum(r.status == "ok" for r in rows) > 50

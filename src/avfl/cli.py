@@ -130,9 +130,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import torch
+
     from avfl.models.weights import WeightsError
     from avfl.train import RunSpec, run
 
+    torch.set_num_threads(args.threads)
     spec = RunSpec(
         dataset=args.dataset,
         fold=args.fold,
@@ -158,6 +161,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"[train] {args.dataset} fold{args.fold} {args.method} r={record['rate']} seed{args.seed}: "
         f"audio top1 {test['top1']:.4f} top5 {test['top5']:.4f} macro-F1 {test['macro_f1']:.4f}"
     )
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from avfl.report.tables import accuracy_cells, collect_runs, markdown_table
+
+    runs = collect_runs(args.runs)
+    if not runs:
+        print(f"error: no metrics.json under {args.runs}: run the training first", file=sys.stderr)
+        return 2
+    rates = sorted(
+        {float(r) for r in args.rates}
+        if args.rates
+        else {r["rate"] for r in runs if r["rate"] is not None}
+    )
+    print(markdown_table(accuracy_cells(runs, args.metric, rates), rates, args.metric))
     return 0
 
 
@@ -244,7 +263,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--settings", required=True, help='JSON {"model", "federated", "extract", "method"}'
     )
     p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "table", help="print audio accuracy by method and missing rate from run records"
+    )
+    p.add_argument(
+        "--runs", required=True, help="folder holding run directories (e.g. results/synthetic/runs)"
+    )
+    p.add_argument("--metric", default="top1", choices=["top1", "top5", "macro_f1"])
+    p.add_argument("--rates", nargs="*", help="rates to show (default: all found)")
+    p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")

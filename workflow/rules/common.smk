@@ -17,6 +17,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (SRC, os.environ.get("
 os.environ.update(PATH=os.pathsep.join(filter(None, (os.path.dirname(sys.executable), os.environ.get("PATH")))))
 
 from avfl.config import ConfigError, validate_config  # noqa: E402
+from avfl.methods import REGISTRY  # noqa: E402
 
 try:
     _validated = validate_config(config)
@@ -80,6 +81,89 @@ def partition_files(dataset, fold, seed):
     return {"json": f"{stem}.json", "stats": f"{stem}_stats.tsv", "heatmap": f"{stem}_heatmap.png"}
 
 
+# Harmony's reported audio model does not depend on the missing rate: one run per seed.
+RATE_FREE_METHODS = [name for name, cls in REGISTRY.items() if not cls().uses_rate]
+RATE_METHODS = [name for name in REGISTRY if name not in RATE_FREE_METHODS]
+
+
+def rate_label(rate):
+    return f"{float(rate):g}"
+
+
+def run_rates():
+    """Every video-missing rate the reports need (Table 1 and Figure 3)."""
+    rates = config["experiment"]["table1_rates"] + config["experiment"]["figure3_rates"]
+    return sorted({rate_label(r) for r in rates}, key=float)
+
+
+def run_dir(dataset, fold, method, seed, rate=None):
+    if method in RATE_FREE_METHODS:
+        return f"results/{dataset}/runs/fold{fold}/{method}/seed{seed}"
+    return f"results/{dataset}/runs/fold{fold}/{method}/r{rate}/seed{seed}"
+
+
+def embed_settings(dataset, modality):
+    return json.dumps(
+        {"spec": config["model"][modality], "extract": DATASETS[dataset]["extract"], "device": config["federated"]["device"]},
+        sort_keys=True,
+    )
+
+
+def embedding_files(dataset, fold):
+    model = config["model"]
+    return (
+        f"{DATA}/embeddings/{dataset}/fold{fold}/audio_{model['audio']['backbone']}.npy",
+        f"{DATA}/embeddings/{dataset}/visual_{model['visual']['backbone']}.npy",
+    )
+
+
+def train_settings(dataset, method):
+    """What a run depends on: a ModalityMirror knob changes only ModalityMirror's params."""
+    return json.dumps(
+        {
+            "model": config["model"],
+            "federated": config["federated"],
+            "extract": DATASETS[dataset]["extract"],
+            "method": config["methods"][method],
+        },
+        sort_keys=True,
+    )
+
+
+def train_inputs(wildcards):
+    w = wildcards
+    inputs = {
+        "partition": partition_files(w.dataset, w.fold, w.seed)["json"],
+        **features(w.dataset),
+    }
+    if config["model"]["mode"] == "frozen":
+        inputs["audio_embeddings"], inputs["visual_embeddings"] = embedding_files(w.dataset, w.fold)
+    required = REGISTRY[w.method]().requires
+    if required:
+        inputs["phase1"] = os.path.join(run_dir(w.dataset, w.fold, required, w.seed, w.get("rate")), "model.pt")
+    return inputs
+
+
+def train_extra_args(wildcards, input):
+    args = f"--partition {input.partition} --features {os.path.dirname(input.manifest)}"
+    if "audio_embeddings" in input.keys():
+        args += f" --audio-embeddings {input.audio_embeddings} --visual-embeddings {input.visual_embeddings}"
+    if "phase1" in input.keys():
+        args += f" --phase1 {os.path.dirname(input.phase1)}"
+    return args
+
+
+def run_targets(dataset):
+    exp = config["experiment"]
+    targets = []
+    for fold in DATASETS[dataset]["folds"]:
+        for seed in exp["seeds"]:
+            for method in exp["methods"]:
+                rates = [None] if method in RATE_FREE_METHODS else run_rates()
+                targets += [os.path.join(run_dir(dataset, fold, method, seed, rate), "metrics.json") for rate in rates]
+    return targets
+
+
 def all_targets():
     targets = []
     for name in RUN:
@@ -87,4 +171,5 @@ def all_targets():
         for fold in DATASETS[name]["folds"]:
             for seed in config["experiment"]["seeds"]:
                 targets += list(partition_files(name, fold, seed).values())
+        targets += run_targets(name)
     return sorted(set(targets))
