@@ -75,6 +75,16 @@ def _with(update):
             "datasets.tiny.synthetic.n_audio_twins",
         ),
         ({"surprise": 1}, "unknown config key 'surprise'"),
+        ({"experiment": {"methods": ["fedprox"]}}, "unknown method 'fedprox'"),
+        ({"experiment": {"methods": ["modalitymirror"]}}, "consumes multifl's result"),
+        (
+            {"methods": {"modalitymirror": {"kl_direction": "sideways"}}},
+            "methods.modalitymirror.kl_direction",
+        ),
+        (
+            {"model": {"audio": {"weights": {"path": "x", "sha256": "xyz"}}}},
+            "model.audio.weights.sha256",
+        ),
     ],
 )
 def test_bad_values_are_rejected_naming_the_key(update, fragment):

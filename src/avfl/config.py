@@ -96,6 +96,21 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _semantic_problems(config: Mapping[str, Any]) -> Iterable[str]:
     """Cross-field checks that JSON schema cannot express."""
+    from avfl.methods import REGISTRY
+
+    for name in config["experiment"]["methods"]:
+        if name not in REGISTRY:
+            yield f"config key 'experiment.methods': unknown method '{name}' (registered: {', '.join(REGISTRY)})"
+        elif name not in config["methods"]:
+            yield f"config key 'methods': no settings block for method '{name}' (add it to the schema's methods)"
+    for method, cls in REGISTRY.items():
+        required = cls().requires
+        if (
+            method in config["experiment"]["methods"]
+            and required
+            and required not in config["experiment"]["methods"]
+        ):
+            yield f"config key 'experiment.methods': {method} consumes {required}'s result; add '{required}'"
     datasets = config["datasets"]
     for name in config["run_datasets"]:
         if name not in datasets:
