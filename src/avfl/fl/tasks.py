@@ -15,35 +15,39 @@ from avfl.models.heads import AUDIO_MODEL, AV_MODEL, VISUAL_MODEL, AVModel
 
 
 @dataclass(frozen=True)
-class AudioTask:
-    """Cross-entropy of the audio model: what an audio-only client can train."""
+class UnimodalTask:
+    """Cross-entropy of one modality's unimodal model: what an audio-only client can train
+    ("audio"), or Harmony's first-stage visual model ("visual")."""
 
-    name: str = "audio"
-    groups: tuple[str, ...] = AUDIO_MODEL
+    modality: str
+
+    @property
+    def name(self) -> str:
+        return self.modality
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return AUDIO_MODEL if self.modality == "audio" else VISUAL_MODEL
 
     def sample_loss(
         self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        return F.cross_entropy(model.audio_logits(audio), labels, reduction="none")
+        logits = (
+            model.audio_logits(audio) if self.modality == "audio" else model.visual_logits(visual)
+        )
+        return F.cross_entropy(logits, labels, reduction="none")
 
     def loss(self, model, audio, visual, labels) -> torch.Tensor:
         return self.sample_loss(model, audio, visual, labels).mean()
 
 
-@dataclass(frozen=True)
-class VisualTask:
-    """Cross-entropy of the unimodal visual model (Harmony's first stage)."""
+def AudioTask() -> UnimodalTask:
+    """The audio-only client's task (a constructor that reads as the task it makes)."""
+    return UnimodalTask("audio")
 
-    name: str = "visual"
-    groups: tuple[str, ...] = VISUAL_MODEL
 
-    def sample_loss(
-        self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        return F.cross_entropy(model.visual_logits(visual), labels, reduction="none")
-
-    def loss(self, model, audio, visual, labels) -> torch.Tensor:
-        return self.sample_loss(model, audio, visual, labels).mean()
+def VisualTask() -> UnimodalTask:
+    return UnimodalTask("visual")
 
 
 @dataclass(frozen=True)
