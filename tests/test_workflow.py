@@ -47,7 +47,12 @@ def write_config(
     config = {
         "run_datasets": ["tiny"],
         "partition": {"n_clients": 8, "alpha": 0.5, **(partition or {})},
-        "experiment": {"seeds": list(seeds), "table1_rates": [0.5], "figure3_rates": []},
+        "experiment": {
+            "seeds": list(seeds),
+            "table1_rates": [0.5],
+            "figure3_rates": [],
+            "figure2_rate": 0.5,
+        },
         "federated": {"rounds": 3, "clients_per_round": 4, "eval_every": 1, "device": "cpu"},
         "methods": methods or {},
         "datasets": {
@@ -117,6 +122,32 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     )  # fmt: skip
     assert "ModalityMirror" in table.stdout and "(n=4)" in table.stdout
 
+    # Reports: Table 1 from the runs, figures in three formats, the same bytes on rerun.
+    report = tmp_path / "results/report"
+    csv_rows = (report / "table1.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("dataset,metric,method,rate,mean,std,n_runs")
+    assert len(csv_rows) == 1 + 4  # four methods at r = 0.5
+    assert "\\toprule" in (report / "table1.tex").read_text()
+    figures = [
+        report / f"{stem}.{ext}"
+        for stem in ("fig2_label_f1", "fig3_missing_rate")
+        for ext in ("pdf", "svg", "png")
+    ]
+    before = {
+        f: f.read_bytes()
+        for f in [*figures, report / "table1.csv", report / "table1.md", report / "table1.tex"]
+    }
+    assert all(len(b) > 1000 for f, b in before.items() if f.suffix in (".pdf", ".svg", ".png"))
+    rerun = snakemake(tmp_path, "all", "--forcerun", "report", "--configfile", str(config))
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert {f: f.read_bytes() for f in before} == before
+    html = snakemake(
+        tmp_path, "--report", str(tmp_path / "report.html"), "--configfile", str(config)
+    )
+    assert html.returncode == 0 and (tmp_path / "report.html").stat().st_size > 10_000
+    runs_csv = (tmp_path / "results/tiny/runs.csv").read_text().splitlines()
+    assert len(runs_csv) == 1 + 2 * 2 * 4  # folds x seeds x methods
+
     again = snakemake(tmp_path, "all", "-n", "--configfile", str(config))
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
@@ -125,6 +156,7 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     dry = snakemake(tmp_path, "all", "-n", "--configfile", str(changed))
     assert dry.returncode == 0, dry.stderr[-2000:]
     training = {"train", "train_rate_free"}
+    reports = {"collect", "report"}
     assert (
         scheduled(dry)
         == {"extract_features", "partition", "embed_audio", "embed_visual", "all"} | training
@@ -138,7 +170,7 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
         "--configfile",
         str(write_config(tmp_path / "a.yaml", {"alpha": 2.0})),
     )
-    assert scheduled(dry) == {"partition", "all"} | training
+    assert scheduled(dry) == {"partition", "all"} | training | reports
     assert len(job_outputs(dry, "partition")) == 3 * 4  # json, stats, heatmap x (2 folds x 2 seeds)
 
     # A new seed runs only that seed's jobs.
@@ -149,7 +181,7 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
         "--configfile",
         str(write_config(tmp_path / "s.yaml", seeds=(0, 1, 2))),
     )
-    assert scheduled(dry) == {"partition", "all"} | training
+    assert scheduled(dry) == {"partition", "all"} | training | reports
     assert {Path(out).name for out in job_outputs(dry, "partition") if out.endswith(".json")} == {
         f"fold{fold}_seed2.json" for fold in (1, 2)
     }
@@ -160,7 +192,7 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     # A ModalityMirror knob reruns only ModalityMirror's runs.
     mm = write_config(tmp_path / "m.yaml", methods={"modalitymirror": {"temperature": 4.0}})
     dry = snakemake(tmp_path, "all", "-n", "--configfile", str(mm))
-    assert scheduled(dry) == {"train", "all"}
+    assert scheduled(dry) == {"train", "collect", "report", "all"}
     outputs = job_outputs(dry, "train")
     assert outputs and all("/modalitymirror/" in out for out in outputs)
     assert (
@@ -201,7 +233,8 @@ def test_ucf101_from_an_existing_copy(tmp_path: Path, tiny_raw: Path):
 def test_default_dry_run_lists_the_stages_and_lint_is_clean(tmp_path: Path):
     dry = snakemake(tmp_path, "-n", "all")
     assert dry.returncode == 0, dry.stderr[-2000:]
-    assert {"generate_synthetic", "extract_features", "all"} <= scheduled(dry)
+    assert {"generate_synthetic", "extract_features", "partition", "embed_audio", "train", "train_rate_free",
+            "collect", "report", "all"} <= scheduled(dry)  # fmt: skip
     lint = snakemake(tmp_path, "--lint")
     assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout[
         -3000:

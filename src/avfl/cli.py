@@ -22,6 +22,12 @@ def _settings(text: str) -> dict:
     return value
 
 
+def _no_slot():
+    import contextlib
+
+    return contextlib.nullcontext(None)
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     from avfl.data import synthetic
 
@@ -151,8 +157,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         else None,
         phase1=Path(args.phase1) if args.phase1 else None,
     )
+    from avfl.gpu import gpu_slot
+
     try:
-        record = run(spec, log=lambda m: print(m, file=sys.stderr, flush=True))
+        with gpu_slot() if spec.settings["federated"]["device"] != "cpu" else _no_slot() as gpu:
+            if gpu is not None:
+                print(f"GPU slot: CUDA_VISIBLE_DEVICES={gpu}", file=sys.stderr)
+            record = run(spec, log=lambda m: print(m, file=sys.stderr, flush=True))
     except (WeightsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -177,6 +188,52 @@ def cmd_table(args: argparse.Namespace) -> int:
         else {r["rate"] for r in runs if r["rate"] is not None}
     )
     print(markdown_table(accuracy_cells(runs, args.metric, rates), rates, args.metric))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json as _json
+    from pathlib import Path
+
+    from avfl.report import figures, tables
+
+    settings = _settings(args.settings)
+    runs = [_json.loads(Path(p).read_text()) for p in sorted(args.metrics)]
+    by_dataset = {name: [r for r in runs if r["dataset"] == name] for name in settings["datasets"]}
+    metrics = settings["datasets"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = tables.table1_rows(by_dataset, metrics, settings["table1_rates"], settings["methods"])
+    (out / "table1.csv").write_text(tables.table1_csv(rows))
+    (out / "table1.md").write_text(tables.table1_markdown(rows, settings["table1_rates"]))
+    (out / "table1.tex").write_text(tables.table1_latex(rows, settings["table1_rates"]))
+    figures.figure2(
+        by_dataset,
+        settings["figure2_rate"],
+        [out / f"fig2_label_f1.{ext}" for ext in ("pdf", "svg", "png")],
+    )
+    fig3_data = {name: runs for name, runs in by_dataset.items() if settings["figure3_rates"]}
+    figures.figure3(fig3_data, metrics, settings["figure3_rates"], settings["methods"],
+                    [out / f"fig3_missing_rate.{ext}" for ext in ("pdf", "svg", "png")])  # fmt: skip
+    print((out / "table1.md").read_text())
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    import json as _json
+    from pathlib import Path
+
+    columns = ["dataset", "fold", "method", "rate", "seed", "top1", "top5", "macro_f1", "n_test", "device",
+               "wall_time_s", "peak_memory_mb", "config_hash", "path"]  # fmt: skip
+    lines = [",".join(columns)]
+    for path in sorted(args.metrics):
+        r = _json.loads(Path(path).read_text())
+        t = r["test"]
+        values = [r["dataset"], r["fold"], r["method"], "" if r["rate"] is None else r["rate"], r["seed"], t["top1"],
+                  t["top5"], t["macro_f1"], t["n"], r["device"].split(" ")[0], r["wall_time_s"], r["peak_memory_mb"],
+                  r["config_hash"], path]  # fmt: skip
+        lines.append(",".join(str(v) for v in values))
+    Path(args.out).write_text("\n".join(lines) + "\n")
     return 0
 
 
@@ -275,6 +332,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="top1", choices=["top1", "top5", "macro_f1"])
     p.add_argument("--rates", nargs="*", help="rates to show (default: all found)")
     p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("collect", help="one CSV row per run, from the runs' metrics.json")
+    p.add_argument("--metrics", nargs="+", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("report", help="Table 1 (csv, md, tex), Figures 2 and 3 (pdf, svg, png)")
+    p.add_argument("--metrics", nargs="+", required=True, help="the runs' metrics.json files")
+    p.add_argument(
+        "--settings",
+        required=True,
+        help="JSON {datasets: {name: metric}, table1_rates, figure2_rate, figure3_rates, methods}",
+    )
+    p.add_argument("--out", required=True, help="report folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")

@@ -92,7 +92,8 @@ def rate_label(rate):
 
 def run_rates():
     """Every video-missing rate the reports need (Table 1 and Figure 3)."""
-    rates = config["experiment"]["table1_rates"] + config["experiment"]["figure3_rates"]
+    exp = config["experiment"]
+    rates = exp["table1_rates"] + exp["figure3_rates"] + [exp["figure2_rate"]]
     return sorted({rate_label(r) for r in rates}, key=float)
 
 
@@ -164,6 +165,28 @@ def run_targets(dataset):
     return targets
 
 
+REPORT = "results/report"
+REPORT_FILES = {
+    "table1": [f"{REPORT}/table1.{ext}" for ext in ("csv", "md", "tex")],
+    "fig2": [f"{REPORT}/fig2_label_f1.{ext}" for ext in ("pdf", "svg", "png")],
+    "fig3": [f"{REPORT}/fig3_missing_rate.{ext}" for ext in ("pdf", "svg", "png")],
+}
+
+
+def report_settings():
+    exp = config["experiment"]
+    return json.dumps(
+        {
+            "datasets": {name: DATASETS[name]["report_metric"] for name in RUN},
+            "table1_rates": exp["table1_rates"],
+            "figure2_rate": exp["figure2_rate"],
+            "figure3_rates": exp["figure3_rates"],
+            "methods": exp["methods"],
+        },
+        sort_keys=True,
+    )
+
+
 def all_targets():
     targets = []
     for name in RUN:
@@ -172,4 +195,6 @@ def all_targets():
             for seed in config["experiment"]["seeds"]:
                 targets += list(partition_files(name, fold, seed).values())
         targets += run_targets(name)
+        targets.append(f"results/{name}/runs.csv")
+    targets += [f for files in REPORT_FILES.values() for f in files]
     return sorted(set(targets))
