@@ -10,7 +10,6 @@ import json
 import os
 import platform
 import resource
-import sys
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -262,7 +261,3 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, path)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("use: python -m avfl train ...")

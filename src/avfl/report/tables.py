@@ -91,32 +91,30 @@ def table1_csv(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _grid(rows: list[dict[str, Any]], rates: Sequence[float]):
+    """(dataset, method, [row or None per rate]) in table order."""
+    index = {(r["dataset"], r["method"], r["rate"]): r for r in rows}
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        for method in dict.fromkeys(r["method"] for r in rows if r["dataset"] == dataset):
+            yield dataset, method, [index.get((dataset, method, float(rate))) for rate in rates]
+
+
 def table1_markdown(rows: list[dict[str, Any]], rates: Sequence[float]) -> str:
     best = _best(rows)
     lines = [
         "| dataset | method | " + " | ".join(f"{r * 100:g}%" for r in rates) + " |",
         "|" + " --- |" * (len(rates) + 2),
     ]
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        for method in dict.fromkeys(r["method"] for r in rows if r["dataset"] == dataset):
-            cells = []
-            for rate in rates:
-                match = [
-                    r
-                    for r in rows
-                    if (r["dataset"], r["method"], r["rate"]) == (dataset, method, float(rate))
-                ]
-                if not match:
-                    cells.append("")
-                    continue
-                r = match[0]
-                text = f"{r['mean']:.2f} (± {r['std']:.2f}) n={r['n_runs']}"
-                cells.append(f"**{text}**" if (dataset, method, r["rate"]) in best else text)
-            metric = next(r["metric"] for r in rows if r["dataset"] == dataset)
-            name = f"{DATASET_NAMES.get(dataset, dataset)} ({metric})"
-            lines.append(
-                f"| {name} | {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |"
+    for dataset, method, found in _grid(rows, rates):
+        cells = []
+        for r in found:
+            text = "" if r is None else f"{r['mean']:.2f} (± {r['std']:.2f}) n={r['n_runs']}"
+            cells.append(
+                f"**{text}**" if r is not None and (dataset, method, r["rate"]) in best else text
             )
+        metric = next(r["metric"] for r in rows if r["dataset"] == dataset)
+        name = f"{DATASET_NAMES.get(dataset, dataset)} ({metric})"
+        lines.append(f"| {name} | {METHOD_NAMES.get(method, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -138,31 +136,23 @@ def table1_latex(rows: list[dict[str, Any]], rates: Sequence[float]) -> str:
         "Dataset & Method & " + " & ".join(f"{r * 100:g}\\%" for r in rates) + " \\\\",
         "\\midrule",
     ]
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    for i, dataset in enumerate(datasets):
-        methods = list(dict.fromkeys(r["method"] for r in rows if r["dataset"] == dataset))
-        for j, method in enumerate(methods):
-            cells = []
-            for rate in rates:
-                match = [
-                    r
-                    for r in rows
-                    if (r["dataset"], r["method"], r["rate"]) == (dataset, method, float(rate))
-                ]
-                if not match:
-                    cells.append("--")
-                    continue
-                r = match[0]
-                text = f"{r['mean']:.2f} ($\\pm$ {r['std']:.2f})"
-                cells.append(
-                    f"\\textbf{{{text}}}" if (dataset, method, r["rate"]) in best else text
-                )
-            label = DATASET_NAMES.get(dataset, dataset) if j == 0 else ""
-            lines.append(
-                f"{label} & {METHOD_NAMES.get(method, method)} & " + " & ".join(cells) + " \\\\"
-            )
-        if i + 1 < len(datasets):
+    previous = None
+    for dataset, method, found in _grid(rows, rates):
+        if previous is not None and dataset != previous:
             lines.append("\\midrule")
+        cells = []
+        for r in found:
+            text = "--" if r is None else f"{r['mean']:.2f} ($\\pm$ {r['std']:.2f})"
+            cells.append(
+                f"\\textbf{{{text}}}"
+                if r is not None and (dataset, method, r["rate"]) in best
+                else text
+            )
+        label = DATASET_NAMES.get(dataset, dataset) if dataset != previous else ""
+        lines.append(
+            f"{label} & {METHOD_NAMES.get(method, method)} & " + " & ".join(cells) + " \\\\"
+        )
+        previous = dataset
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
 
