@@ -159,7 +159,9 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     reports = {"collect", "report"}
     assert (
         scheduled(dry)
-        == {"extract_features", "partition", "embed_audio", "embed_visual", "all"} | training
+        == {"extract_features", "partition", "embed_audio", "embed_visual", "all"}
+        | training
+        | reports
     )
 
     # A new alpha reruns the partitions and training, not extraction or embeddings.
