@@ -237,6 +237,23 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download_ucf101(args: argparse.Namespace) -> int:
+    from avfl.data.acquire import acquire_ucf101, remote_from_config
+    from avfl.data.download import DownloadError, UnsafeArchiveError
+
+    sources = _settings(args.sources)
+    try:
+        n_classes, n_clips = acquire_ucf101(
+            args.downloads, args.out, remote_from_config(sources["splits"]), remote_from_config(sources["videos"]),
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )  # fmt: skip
+    except (DownloadError, UnsafeArchiveError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"[download] UCF101: {n_classes} classes, {n_clips} listed clips in {args.out}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from avfl.config import ConfigError, load_config
 
@@ -347,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="report folder")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("download-ucf101", help="fetch, verify and lay out UCF101 (resumable)")
+    p.add_argument("--downloads", required=True, help="folder for the archives (kept for resumption)")
+    p.add_argument("--out", required=True, help="raw-data folder to create (UCF101 layout)")
+    p.add_argument("--sources", required=True, help='JSON {"splits": remote, "videos": remote}')
+    p.set_defaults(func=cmd_download_ucf101)
 
     p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")

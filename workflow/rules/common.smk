@@ -32,9 +32,13 @@ DATASETS = config["datasets"]
 ENV = "../../envs/avfl.yaml"
 
 
-def datasets_from(*sources):
-    """Names of the configured datasets whose raw data comes from one of `sources`."""
-    return [name for name, ds in DATASETS.items() if ds["source"] in sources]
+def datasets_from(*sources, copy=None):
+    """Configured datasets whose raw data comes from one of `sources` (copy: has a source_dir or not)."""
+    return [
+        name
+        for name, ds in DATASETS.items()
+        if ds["source"] in sources and (copy is None or bool(ds.get("source_dir")) == copy)
+    ]
 
 
 def one_of(names):
@@ -44,17 +48,22 @@ def one_of(names):
 
 for _name in RUN:
     _ds = DATASETS[_name]
-    if _ds["source"] != "synthetic" and not _ds.get("source_dir"):
-        raise WorkflowError(
-            f"datasets.{_name}: automatic download of {_ds['source']} is not available in this "
-            f"version; set datasets.{_name}.source_dir to a folder holding UCF-101/ and "
-            f"ucfTrainTestlist/ (the layout the official archives unpack to)"
-        )
     if _ds["source"] == "activitynet":
         raise WorkflowError(
             f"datasets.{_name}: ActivityNet acquisition and layout conversion are not available "
             f"in this version; run the synthetic or UCF101 configs"
         )
+
+
+def ucf101_sources(dataset):
+    """JSON of the UCF101 archives to fetch: the pinned defaults unless the config overrides them."""
+    from avfl.data.acquire import UCF101_SPLITS, UCF101_VIDEOS
+
+    pinned = {
+        part: {"name": r.name, "urls": list(r.urls), "size": r.size, "sha256": r.sha256}
+        for part, r in (("splits", UCF101_SPLITS), ("videos", UCF101_VIDEOS))
+    }
+    return json.dumps({**pinned, **DATASETS[dataset].get("download", {})}, sort_keys=True)
 
 
 def stage_settings(dataset, section):

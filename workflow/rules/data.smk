@@ -28,7 +28,7 @@ rule import_source_dir:
     params:
         source=lambda w: DATASETS[w.dataset]["source_dir"],
     wildcard_constraints:
-        dataset=one_of(datasets_from("ucf101")),
+        dataset=one_of(datasets_from("ucf101", copy=True)),
     log:
         "results/logs/{dataset}/import.log",
     threads: 1
@@ -38,6 +38,27 @@ rule import_source_dir:
         ENV
     shell:
         "python -m avfl import-layout --source {params.source:q} --out {output} 2> {log}"
+
+
+rule download_ucf101:
+    output:
+        directory(f"{DATA}/raw/{{dataset}}"),
+    params:
+        sources=lambda w: ucf101_sources(w.dataset),
+        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
+    wildcard_constraints:
+        dataset=one_of(datasets_from("ucf101", copy=False)),
+    log:
+        "results/logs/{dataset}/download.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=600,
+    conda:
+        ENV
+    shell:
+        "python -m avfl download-ucf101 --downloads {params.downloads} --out {output} "
+        "--sources {params.sources:q} 2> {log}"
 
 
 rule extract_features:
