@@ -254,6 +254,40 @@ def cmd_download_ucf101(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dvc_pull(args: argparse.Namespace) -> int:
+    """`dvc pull`, then mark the pulled outputs up to date for Snakemake.
+
+    DVC does not keep file times: after a pull, a raw-data folder can look newer than the
+    features made from it, and Snakemake would extract again. Touching the pulled targets
+    through Snakemake (`--touch`, in DAG order) restores a consistent order.
+    """
+    import subprocess
+    from pathlib import Path
+
+    from avfl.data.extract import OUTPUT_FILES
+
+    tools = Path(sys.executable).parent
+    dvc = str(tools / "dvc") if (tools / "dvc").exists() else "dvc"
+    snakemake = str(tools / "snakemake") if (tools / "snakemake").exists() else "snakemake"
+    pull = subprocess.run([dvc, "pull", *(["-r", args.remote] if args.remote else [])])
+    if pull.returncode != 0:
+        print("error: dvc pull failed (see above); nothing was touched", file=sys.stderr)
+        return pull.returncode
+    datasets = sorted(
+        p.name.removesuffix(".dvc") for p in Path(args.data_dir, "features").glob("*.dvc")
+    )
+    if not datasets:
+        print(
+            f"no {args.data_dir}/features/*.dvc files: nothing to mark up to date", file=sys.stderr
+        )
+        return 0
+    targets = [f"{args.data_dir}/features/{d}/{name}" for d in datasets for name in OUTPUT_FILES]
+    touch = subprocess.run([snakemake, "--touch", "--cores", "1", *targets, *args.snakemake_args])
+    if touch.returncode == 0:
+        print(f"pulled and marked up to date: {', '.join(datasets)}", file=sys.stderr)
+    return touch.returncode
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from avfl.config import ConfigError, load_config
 
@@ -366,10 +400,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("download-ucf101", help="fetch, verify and lay out UCF101 (resumable)")
-    p.add_argument("--downloads", required=True, help="folder for the archives (kept for resumption)")
+    p.add_argument(
+        "--downloads", required=True, help="folder for the archives (kept for resumption)"
+    )
     p.add_argument("--out", required=True, help="raw-data folder to create (UCF101 layout)")
     p.add_argument("--sources", required=True, help='JSON {"splits": remote, "videos": remote}')
     p.set_defaults(func=cmd_download_ucf101)
+
+    p = sub.add_parser(
+        "dvc-pull", help="dvc pull, then mark the pulled raw data and features up to date"
+    )
+    p.add_argument(
+        "--remote", default=None, help="DVC remote (default: the repository's default remote)"
+    )
+    p.add_argument("--data-dir", default="data")
+    p.add_argument(
+        "snakemake_args",
+        nargs="*",
+        help="after --: arguments for snakemake (e.g. --configfile ...)",
+    )
+    p.set_defaults(func=cmd_dvc_pull)
 
     p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")

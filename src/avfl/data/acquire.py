@@ -36,7 +36,12 @@ UCF101_VIDEOS = RemoteFile(
 
 
 def remote_from_config(spec: Mapping[str, Any]) -> RemoteFile:
-    return RemoteFile(name=spec["name"], urls=tuple(spec["urls"]), size=spec.get("size"), sha256=spec.get("sha256"))
+    return RemoteFile(
+        name=spec["name"],
+        urls=tuple(spec["urls"]),
+        size=spec.get("size"),
+        sha256=spec.get("sha256"),
+    )
 
 
 def acquire_ucf101(
@@ -72,4 +77,10 @@ def acquire_ucf101(
     return len(classes), len(clips)
 
 
-__all__ = ["UCF101_SPLITS", "UCF101_VIDEOS", "DownloadError", "acquire_ucf101", "remote_from_config"]
+__all__ = [
+    "UCF101_SPLITS",
+    "UCF101_VIDEOS",
+    "DownloadError",
+    "acquire_ucf101",
+    "remote_from_config",
+]

@@ -71,7 +71,9 @@ def _check(path: Path, remote: RemoteFile) -> None:
         )
 
 
-def _copy_response(response, out, total: int | None, done: int, progress: Callable[[int, int | None], None] | None) -> int:
+def _copy_response(
+    response, out, total: int | None, done: int, progress: Callable[[int, int | None], None] | None
+) -> int:
     while True:
         block = response.read(1 << 20)
         if not block:
@@ -134,9 +136,17 @@ def fetch(
                 _fetch_once(url, part, timeout, progress)
             except DownloadError:
                 raise
-            except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError) as exc:
+            except (
+                urllib.error.URLError,
+                http.client.HTTPException,
+                ConnectionError,
+                TimeoutError,
+                OSError,
+            ) as exc:
                 errors.append(f"{url} (attempt {attempt}): {exc}")
-                log(f"{remote.name}: {exc}; {'retrying' if attempt < retries else 'giving up on this URL'}")
+                log(
+                    f"{remote.name}: {exc}; {'retrying' if attempt < retries else 'giving up on this URL'}"
+                )
                 time.sleep(backoff_s * attempt)
                 continue
             os.replace(part, dest)
@@ -149,7 +159,9 @@ def fetch(
     )
 
 
-def safe_extract_zip(archive: str | Path, target: str | Path, required: Iterable[str] = ()) -> list[str]:
+def safe_extract_zip(
+    archive: str | Path, target: str | Path, required: Iterable[str] = ()
+) -> list[str]:
     """Extract `archive` into `target` after checking every member stays inside it.
 
     `required`: member names that must be present (each missing one is named). Returns the
@@ -168,7 +180,9 @@ def safe_extract_zip(archive: str | Path, target: str | Path, required: Iterable
                 )
         missing = sorted(set(required) - set(names))
         if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            shown = ", ".join(missing[:10]) + (
+                f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            )
             raise DownloadError(f"{archive} lacks {len(missing)} expected member(s): {shown}")
         target.mkdir(parents=True, exist_ok=True)
         try:
