@@ -288,6 +288,26 @@ def cmd_dvc_pull(args: argparse.Namespace) -> int:
     return touch.returncode
 
 
+def cmd_download_activitynet(args: argparse.Namespace) -> int:
+    from avfl.data.activitynet import acquire_activitynet
+    from avfl.data.download import DownloadError
+
+    try:
+        n_classes, n_clips, missing = acquire_activitynet(
+            args.downloads,
+            args.out,
+            _settings(args.settings),
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
+    except (DownloadError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"[download] ActivityNet: {n_classes} classes, {n_clips} clips, {missing} labelled videos unavailable"
+    )
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from avfl.config import ConfigError, load_config
 
@@ -420,6 +440,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="after --: arguments for snakemake (e.g. --configfile ...)",
     )
     p.set_defaults(func=cmd_dvc_pull)
+
+    p = sub.add_parser(
+        "download-activitynet", help="annotations + videos (yt-dlp or source_dir) -> UCF101 layout"
+    )
+    p.add_argument(
+        "--downloads", required=True, help="folder for the annotations, videos and failed.tsv"
+    )
+    p.add_argument("--out", required=True, help="raw-data folder to create (UCF101 layout)")
+    p.add_argument(
+        "--settings", required=True, help="JSON of the dataset's download block plus source_dir"
+    )
+    p.set_defaults(func=cmd_download_activitynet)
 
     p = sub.add_parser("validate", help="validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")

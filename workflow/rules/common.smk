@@ -46,15 +46,6 @@ def one_of(names):
     return "|".join(map(str, names)) if names else "(?!x)x"
 
 
-for _name in RUN:
-    _ds = DATASETS[_name]
-    if _ds["source"] == "activitynet":
-        raise WorkflowError(
-            f"datasets.{_name}: ActivityNet acquisition and layout conversion are not available "
-            f"in this version; run the synthetic or UCF101 configs"
-        )
-
-
 def ucf101_sources(dataset):
     """JSON of the UCF101 archives to fetch: the pinned defaults unless the config overrides them."""
     from avfl.data.acquire import UCF101_SPLITS, UCF101_VIDEOS
@@ -63,7 +54,13 @@ def ucf101_sources(dataset):
         part: {"name": r.name, "urls": list(r.urls), "size": r.size, "sha256": r.sha256}
         for part, r in (("splits", UCF101_SPLITS), ("videos", UCF101_VIDEOS))
     }
-    return json.dumps({**pinned, **DATASETS[dataset].get("download", {})}, sort_keys=True)
+    overrides = {k: v for k, v in DATASETS[dataset]["download"].items() if k in pinned}
+    return json.dumps({**pinned, **overrides}, sort_keys=True)
+
+
+def activitynet_settings(dataset):
+    ds = DATASETS[dataset]
+    return json.dumps({**ds["download"], "source_dir": ds.get("source_dir")}, sort_keys=True)
 
 
 def stage_settings(dataset, section):

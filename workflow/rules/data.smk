@@ -61,6 +61,27 @@ rule download_ucf101:
         "--sources {params.sources:q} 2> {log}"
 
 
+rule download_activitynet:
+    output:
+        directory(f"{DATA}/raw/{{dataset}}"),
+    params:
+        settings=lambda w: activitynet_settings(w.dataset),
+        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
+    wildcard_constraints:
+        dataset=one_of(datasets_from("activitynet")),
+    log:
+        "results/logs/{dataset}/download.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=2880,
+    conda:
+        ENV
+    shell:
+        "python -m avfl download-activitynet --downloads {params.downloads} --out {output} "
+        "--settings {params.settings:q} 2> {log}"
+
+
 rule extract_features:
     input:
         raw=f"{DATA}/raw/{{dataset}}",
