@@ -228,3 +228,20 @@ def test_ucf101_archive_missing_a_listed_video_is_named(tmp_path, tiny_raw):
             )
     finally:
         server.close()
+
+
+def test_full_disk_is_named(tmp_path, payload, monkeypatch):
+    import errno
+
+    from avfl.data import download
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(download, "_copy_response", no_space)
+    server = Server({"/data.bin": payload})
+    try:
+        with pytest.raises(DownloadError, match=r"disk full while writing .*data\.bin\.part"):
+            fetch(remote(server, payload, "/data.bin"), tmp_path, log=lambda m: None)
+    finally:
+        server.close()

@@ -23,7 +23,10 @@ from avfl.data.download import DownloadError, RemoteFile, fetch, move_tree, safe
 
 UCF101_SPLITS = RemoteFile(
     name="UCF101TrainTestSplits-RecognitionTask.zip",
-    urls=("https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip",),
+    urls=(
+        "https://www.crcv.ucf.edu/data/UCF101/UCF101TrainTestSplits-RecognitionTask.zip",
+        "https://www.crcv.ucf.edu/wp-content/uploads/2019/03/UCF101TrainTestSplits-RecognitionTask.zip",
+    ),
     size=113_943,
     sha256="5c0d1a53b8ed364a2ac830a73f405e51bece7d98ce1254fd19ed4a36b224bd27",
 )
