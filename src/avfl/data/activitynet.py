@@ -107,7 +107,7 @@ def download_videos(
             failed[video.youtube_id] = f"{type(exc).__name__}: {exc}"
             if isinstance(exc, FileNotFoundError):
                 raise RuntimeError(
-                    f"downloader {downloader[0]!r} not found: pip install yt-dlp, or set source_dir"
+                    f"downloader {downloader[0]!r} not found: pip install -e '.[activitynet]' (yt-dlp), or set source_dir"
                 ) from exc
             continue
         if done.returncode != 0 or not find_video(dest, video.youtube_id):
