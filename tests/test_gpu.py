@@ -77,3 +77,38 @@ def test_a_killed_job_releases_its_gpu(tmp_path: Path):
         timeout=30,
     )
     assert json.loads(done.stdout)["gpu"] == "0" and time.time() - start < 20
+
+
+def test_embed_and_train_commands_take_a_slot(tmp_path: Path, tiny_training):
+    """Both GPU rules' commands hold a slot while they run (the lock file records the GPU)."""
+    import numpy as np
+
+    from .conftest import tiny_spec
+    from .test_train import _cli
+
+    locks = tmp_path / "locks"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3", "AVFL_GPU_LOCK_DIR": str(locks)}
+    settings = {
+        "spec": tiny_training["config"]["model"]["visual"],
+        "extract": tiny_training["extract"],
+        "device": "auto",
+    }
+    embed = subprocess.run(
+        [sys.executable, "-m", "avfl", "embed", "--features", str(tiny_training["features"]), "--modality", "visual",
+         "--settings", json.dumps(settings), "--out", str(tmp_path / "v.npy")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert embed.returncode == 0, embed.stderr[-2000:]
+    assert (locks / "gpu3.lock").exists() and np.load(tmp_path / "v.npy").shape[1] == 70
+    (locks / "gpu3.lock").unlink()
+    spec = tiny_spec(
+        tiny_training,
+        tmp_path / "run",
+        "harmony",
+        rate=None,
+        federated={"rounds": 1, "device": "auto"},
+    )
+    cmd = [c for c in _cli(spec) if c not in ("--rate", "None")]
+    train = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert "GPU slot: CUDA_VISIBLE_DEVICES=3" in train.stderr and (locks / "gpu3.lock").exists()

@@ -120,7 +120,7 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
         [f"{VENV_BIN}/python", "-m", "avfl", "table", "--runs", str(tmp_path / "results/tiny/runs")],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    assert "ModalityMirror" in table.stdout and "(n=4)" in table.stdout
+    assert "ModalityMirror" in table.stdout and "n=4" in table.stdout
 
     # Reports: Table 1 from the runs, figures in three formats, the same bytes on rerun.
     report = tmp_path / "results/report"

@@ -22,12 +22,6 @@ def _settings(text: str) -> dict:
     return value
 
 
-def _no_slot():
-    import contextlib
-
-    return contextlib.nullcontext(None)
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from avfl.data import synthetic
 
@@ -65,6 +59,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     from avfl import partition
     from avfl.data.manifest import read_manifest
+    from avfl.records import write_json
     from avfl.report.partition_plot import plot_label_heatmap
 
     rows = read_manifest(args.manifest)
@@ -78,7 +73,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
         return 2
     stats = partition.partition_stats(record, rows)
     record["stats"] = partition.summarise_stats(stats)
-    _write_json(args.out, record)
+    write_json(args.out, record)
     _write_tsv(args.stats, stats)
     client_labels, n_classes = partition.partition_labels(record, rows)
     counts = np.stack([np.bincount(labels, minlength=n_classes) for labels in client_labels])
@@ -88,12 +83,6 @@ def cmd_partition(args: argparse.Namespace) -> int:
     plot_label_heatmap(counts, record["classes"], title, args.heatmap)
     print(json.dumps(record["stats"], indent=2), file=sys.stderr)
     return 0
-
-
-def _write_json(path: str, obj) -> None:
-    with open(path, "w") as handle:
-        json.dump(obj, handle, indent=1, sort_keys=True)
-        handle.write("\n")
 
 
 def _write_tsv(path: str, rows: list[dict]) -> None:
@@ -110,21 +99,23 @@ def cmd_embed(args: argparse.Namespace) -> int:
     import torch
 
     from avfl.embed import compute_embeddings
+    from avfl.gpu import slot_for
     from avfl.models.weights import WeightsError
     from avfl.train import choose_device
 
     settings = _settings(args.settings)
-    device = choose_device(settings["device"], lambda m: print(m, file=sys.stderr))
     torch.manual_seed(0)
     try:
-        emb = compute_embeddings(
-            Path(args.features),
-            args.modality,
-            settings["spec"],
-            settings["extract"],
-            args.fold,
-            device,
-        )
+        with slot_for(settings["device"]):
+            device = choose_device(settings["device"], lambda m: print(m, file=sys.stderr))
+            emb = compute_embeddings(
+                Path(args.features),
+                args.modality,
+                settings["spec"],
+                settings["extract"],
+                args.fold,
+                device,
+            )
     except WeightsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -157,10 +148,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         else None,
         phase1=Path(args.phase1) if args.phase1 else None,
     )
-    from avfl.gpu import gpu_slot
+    from avfl.gpu import slot_for
 
     try:
-        with gpu_slot() if spec.settings["federated"]["device"] != "cpu" else _no_slot() as gpu:
+        with slot_for(spec.settings["federated"]["device"]) as gpu:
             if gpu is not None:
                 print(f"GPU slot: CUDA_VISIBLE_DEVICES={gpu}", file=sys.stderr)
             record = run(spec, log=lambda m: print(m, file=sys.stderr, flush=True))
@@ -176,29 +167,33 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from avfl.report.tables import accuracy_cells, collect_runs, markdown_table
+    from avfl.report.tables import collect_runs, table1_markdown, table1_rows
 
     runs = collect_runs(args.runs)
     if not runs:
         print(f"error: no metrics.json under {args.runs}: run the training first", file=sys.stderr)
         return 2
-    rates = sorted(
-        {float(r) for r in args.rates}
-        if args.rates
-        else {r["rate"] for r in runs if r["rate"] is not None}
+    found = {r["rate"] for r in runs if r["rate"] is not None}
+    rates = sorted({float(r) for r in args.rates} if args.rates else found)
+    datasets = sorted({r["dataset"] for r in runs})
+    by_dataset = {d: [r for r in runs if r["dataset"] == d] for d in datasets}
+    methods = sorted({r["method"] for r in runs})
+    print(
+        table1_markdown(
+            table1_rows(by_dataset, dict.fromkeys(datasets, args.metric), rates, methods), rates
+        ),
+        end="",
     )
-    print(markdown_table(accuracy_cells(runs, args.metric, rates), rates, args.metric))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    import json as _json
     from pathlib import Path
 
     from avfl.report import figures, tables
 
     settings = _settings(args.settings)
-    runs = [_json.loads(Path(p).read_text()) for p in sorted(args.metrics)]
+    runs = [json.loads(Path(p).read_text()) for p in sorted(args.metrics)]
     by_dataset = {name: [r for r in runs if r["dataset"] == name] for name in settings["datasets"]}
     metrics = settings["datasets"]
     out = Path(args.out)
@@ -220,14 +215,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    import json as _json
     from pathlib import Path
 
     columns = ["dataset", "fold", "method", "rate", "seed", "top1", "top5", "macro_f1", "n_test", "device",
                "wall_time_s", "peak_memory_mb", "config_hash", "path"]  # fmt: skip
     lines = [",".join(columns)]
     for path in sorted(args.metrics):
-        r = _json.loads(Path(path).read_text())
+        r = json.loads(Path(path).read_text())
         t = r["test"]
         values = [r["dataset"], r["fold"], r["method"], "" if r["rate"] is None else r["rate"], r["seed"], t["top1"],
                   t["top5"], t["macro_f1"], t["n"], r["device"].split(" ")[0], r["wall_time_s"], r["peak_memory_mb"],
@@ -238,8 +232,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_download_ucf101(args: argparse.Namespace) -> int:
-    from avfl.data.acquire import acquire_ucf101, remote_from_config
-    from avfl.data.download import DownloadError, UnsafeArchiveError
+    from avfl.data.acquire import acquire_ucf101
+    from avfl.data.download import DownloadError, UnsafeArchiveError, remote_from_config
 
     sources = _settings(args.sources)
     try:

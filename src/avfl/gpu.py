@@ -16,7 +16,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 LOCK_DIR_ENV = "AVFL_GPU_LOCK_DIR"
@@ -34,6 +34,11 @@ def visible_gpus() -> list[str]:
         return [str(i) for i in range(torch.cuda.device_count())]
     except Exception:  # no usable CUDA runtime: no GPUs
         return []
+
+
+def slot_for(device: str):
+    """The GPU slot of a job configured with `device` (none when the job is forced onto the CPU)."""
+    return nullcontext(None) if device == "cpu" else gpu_slot()
 
 
 @contextmanager

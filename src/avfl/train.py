@@ -30,6 +30,7 @@ from avfl.methods import get_method
 from avfl.methods.base import RunContext
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone
 from avfl.models.heads import AVModel
+from avfl.records import write_json
 
 RUN_FORMAT_VERSION = 1
 
@@ -208,7 +209,7 @@ def run(
     )
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     record["peak_memory_mb"] = _peak_memory_mb(device)
-    _write_json_atomic(spec.out / "metrics.json", record)
+    write_json(spec.out / "metrics.json", record)
     return record
 
 
@@ -255,9 +256,3 @@ def _peak_memory_mb(device: torch.device) -> float:
 
 def _cpu(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)

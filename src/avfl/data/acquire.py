@@ -14,9 +14,8 @@ so the rest of the pipeline reads the same layout as the official archives unpac
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from avfl.data import ucf101
 from avfl.data.download import DownloadError, RemoteFile, fetch, move_tree, safe_extract_zip
@@ -36,15 +35,6 @@ UCF101_VIDEOS = RemoteFile(
     size=6_960_400_115,
     sha256="dabf56f573cd19c79e096563529fec8126a2a34e18e10c72eb621dd687532b0d",
 )
-
-
-def remote_from_config(spec: Mapping[str, Any]) -> RemoteFile:
-    return RemoteFile(
-        name=spec["name"],
-        urls=tuple(spec["urls"]),
-        size=spec.get("size"),
-        sha256=spec.get("sha256"),
-    )
 
 
 def acquire_ucf101(
@@ -85,5 +75,4 @@ __all__ = [
     "UCF101_VIDEOS",
     "DownloadError",
     "acquire_ucf101",
-    "remote_from_config",
 ]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from avfl.data import ucf101
-from avfl.data.download import RemoteFile, fetch
+from avfl.data.download import RemoteFile, fetch, remote_from_config
 
 ANNOTATIONS = RemoteFile(
     name="activity_net.v1-3.min.json",
@@ -159,12 +159,9 @@ def acquire_activitynet(
 ) -> tuple[int, int, int]:
     """Annotations + videos (downloaded or from source_dir) -> UCF101 layout under `raw`."""
     downloads, raw = Path(downloads), Path(raw)
-    remote = settings.get("annotations") or {}
     annotations = fetch(
-        RemoteFile(remote.get("name", ANNOTATIONS.name), tuple(remote.get("urls", ANNOTATIONS.urls)),
-                   remote.get("size"), remote.get("sha256")),
-        downloads, log=log,
-    )  # fmt: skip
+        remote_from_config(settings.get("annotations"), ANNOTATIONS), downloads, log=log
+    )
     videos = [
         v
         for v in read_annotations(annotations)

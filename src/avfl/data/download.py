@@ -22,9 +22,10 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class DownloadError(RuntimeError):
@@ -45,6 +46,20 @@ class RemoteFile:
     urls: Sequence[str]  # primary first, then mirrors
     size: int | None = None  # bytes, pinned
     sha256: str | None = None  # pinned
+
+
+def remote_from_config(
+    spec: Mapping[str, Any] | None, default: RemoteFile | None = None
+) -> RemoteFile:
+    """A RemoteFile from a config block; keys it omits come from `default`."""
+    spec = spec or {}
+    base = default or RemoteFile(name=spec["name"], urls=spec["urls"])
+    return RemoteFile(
+        name=spec.get("name", base.name),
+        urls=tuple(spec.get("urls", base.urls)),
+        size=spec.get("size", base.size),
+        sha256=spec.get("sha256", base.sha256),
+    )
 
 
 def sha256_of(path: Path, chunk: int = 1 << 20) -> str:

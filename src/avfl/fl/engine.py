@@ -27,6 +27,7 @@ import torch
 from avfl.evaluate import predict
 from avfl.fl.aggregate import Aggregator
 from avfl.fl.data import FederatedData
+from avfl.fl.optimizer import make_optimizer
 from avfl.fl.parallel import parallel_local_train, supports_parallel
 from avfl.models.heads import AVModel, group_of
 
@@ -50,7 +51,6 @@ class Phase:
     rounds: int
     clients_per_round: int
     select_by: str  # "audio" | "av" | "visual": the dev metric that picks the round kept
-    eval_clients_visual: bool = False  # whether dev evaluation may use video (av/visual metrics)
 
 
 @dataclass
@@ -74,9 +74,8 @@ class TrainSettings:
     selection: str  # "best_dev" | "last"
     checkpoint_every: int
     seed: int
-    parallel: bool = (
-        True  # train a round's clients in lockstep (fl/parallel.py) where the model allows
-    )
+    # Train a round's clients in lockstep (fl/parallel.py) where the model allows it.
+    parallel: bool = True
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -101,13 +100,7 @@ def local_train(
     params = trainable(model, task.groups)
     if not params:
         return
-    # Multi-tensor ("foreach") updates: one kernel per step for all parameters, also on CPU.
-    if cfg.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(
-            params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True
-        )
-    else:
-        optimizer = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    optimizer = make_optimizer(params, cfg)
     model.train()
     for _ in range(cfg.local_epochs):
         order = indices[torch.randperm(indices.numel(), device="cpu").to(indices.device)]
@@ -191,7 +184,7 @@ def run_phase(
             model.load_state_dict(state)
             score = dev_score(model, data, phase.select_by)
             curve.append({"round": rnd + 1, f"dev_{phase.select_by}_top1": round(score, 6)})
-            if cfg.selection == "last" or np.isnan(score) or score > best_score:
+            if cfg.selection == "best_dev" and (np.isnan(score) or score > best_score):
                 best_state, best_score, best_round = copy.deepcopy(state), score, rnd + 1
             log(
                 f"[{phase.name}] round {rnd + 1}/{phase.rounds} dev {phase.select_by} top1 {score:.4f} ({time.perf_counter() - tic:.2f} s)"

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from avfl.fl.optimizer import make_optimizer
 from avfl.models.heads import group_of
 
 if TYPE_CHECKING:
@@ -92,13 +93,7 @@ def parallel_local_train(
         for n in trained
     }
     fixed = {f"model.{n}": v for n, v in state.items() if n not in set(trained)}
-    leaves = list(params.values())
-    if cfg.optimizer == "adam":
-        optimizer: torch.optim.Optimizer = torch.optim.Adam(
-            leaves, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
-        )
-    else:
-        optimizer = torch.optim.SGD(leaves, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    optimizer = make_optimizer(params.values(), cfg)
     sizes = [int(i.numel()) for i in client_indices]
     positions, weights = batch_schedule(sizes, seeds, cfg.local_epochs, cfg.batch_size)
     last_step = [cfg.local_epochs * math.ceil(n / cfg.batch_size) - 1 for n in sizes]

@@ -26,6 +26,7 @@ The paper leaves these open; each is a config key (defaults, and why):
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -117,9 +118,7 @@ class ModalityMirror:
             raise ValueError(
                 "ModalityMirror distils on multimodal clients: the video-missing rate must be below 1"
             )
-        teacher = _copy_model(ctx.model)
-        teacher.load_state_dict(phase1)
-        model = MirrorModel(ctx.model, teacher)
+        model = MirrorModel(ctx.model, copy.deepcopy(ctx.model))
         model.load_state_dict({**phase1, **{f"teacher.{k}": v for k, v in phase1.items()}})
         start = {k: v.clone() for k, v in model.state_dict().items()}
         fed, s = ctx.federated, ctx.settings
@@ -134,9 +133,3 @@ class ModalityMirror:
         result = ctx.run(phase, model=model, initial_state=start)
         student = {k: v for k, v in result.state.items() if not k.startswith("teacher.")}
         return MethodResult(student, {"distill": result}, ctx.model, {"av_state": phase1})
-
-
-def _copy_model(model: AVModel) -> AVModel:
-    import copy
-
-    return copy.deepcopy(model)

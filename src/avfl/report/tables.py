@@ -68,7 +68,7 @@ def table1_rows(runs_by_dataset: dict[str, list[dict[str, Any]]], metrics: dict[
                 cell = cells.get((method, float(rate)))
                 if cell:
                     rows.append({"dataset": dataset, "metric": metrics[dataset], "method": method, "rate": float(rate),
-                                 "mean": round(cell["mean"], 4), "std": round(cell["std"], 4),
+                                 "mean": cell["mean"], "std": cell["std"],
                                  "n_runs": cell["n_runs"], "n_seeds": cell["n_seeds"]})  # fmt: skip
     return rows
 
@@ -87,7 +87,11 @@ def _best(rows: list[dict[str, Any]]) -> set[tuple[str, str, float]]:
 
 def table1_csv(rows: list[dict[str, Any]]) -> str:
     header = ["dataset", "metric", "method", "rate", "mean", "std", "n_runs", "n_seeds"]
-    lines = [",".join(header)] + [",".join(str(r[h]) for h in header) for r in rows]
+
+    def value(row: dict[str, Any], key: str) -> str:
+        return f"{row[key]:.4f}" if key in ("mean", "std") else str(row[key])
+
+    lines = [",".join(header)] + [",".join(value(r, h) for h in header) for r in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -155,26 +159,3 @@ def table1_latex(rows: list[dict[str, Any]], rates: Sequence[float]) -> str:
         previous = dataset
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
-
-
-def markdown_table(
-    cells: dict[tuple[str, float], dict[str, float]], rates: Sequence[float], metric: str
-) -> str:
-    """Methods as rows, rates as columns, best mean per column in bold."""
-    header = f"| method ({metric}, %) | " + " | ".join(f"r = {r:g}" for r in rates) + " |"
-    lines = [header, "|" + " --- |" * (len(rates) + 1)]
-    best = {
-        r: max((c["mean"] for (m, rr), c in cells.items() if rr == float(r)), default=None)
-        for r in rates
-    }
-    for method in [m for m in METHOD_ORDER if any(k[0] == m for k in cells)]:
-        row = [METHOD_NAMES.get(method, method)]
-        for r in rates:
-            cell = cells.get((method, float(r)))
-            if cell is None:
-                row.append("")
-                continue
-            text = f"{cell['mean']:.2f} ± {cell['std']:.2f} (n={cell['n_runs']})"
-            row.append(f"**{text}**" if cell["mean"] == best[r] else text)
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
