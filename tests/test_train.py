@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from avfl.train import run
@@ -68,13 +69,16 @@ def test_killed_run_resumes_to_the_same_metrics(tiny_training, tmp_path):
     proc = subprocess.Popen(
         _cli(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
-    checkpoint = spec.out / "checkpoints/multifl.ckpt"
+
+    def checkpoints() -> list:
+        return list(spec.out.glob("checkpoints/*/multifl.ckpt"))
+
     deadline = time.time() + 120
-    while not checkpoint.exists() and time.time() < deadline and proc.poll() is None:
+    while not checkpoints() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert checkpoint.exists() and not (spec.out / "metrics.json").exists(), (
+    assert checkpoints() and not (spec.out / "metrics.json").exists(), (
         "the run finished before it was killed"
     )
     done = subprocess.run(_cli(spec), capture_output=True, text=True)
@@ -125,3 +129,26 @@ def test_config_hash_changes_with_method_settings_only_for_that_method(
         log=lambda m: None,
     )
     assert a["shared_hash"] == b["shared_hash"] and a["config_hash"] != b["config_hash"]
+
+
+def test_rerun_with_other_settings_does_not_resume_and_finished_runs_keep_no_checkpoint(
+    tiny_training, tmp_path
+):
+    from avfl.fl.engine import Interrupted
+
+    out = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        run(tiny_spec(tiny_training, out, "multifl", rate=0.5), log=lambda m: None, stop_after=5)
+    assert list(out.glob("checkpoints/*/multifl.ckpt"))  # an interrupted run leaves its checkpoint
+    changed = {"client_lr": 1e-3}
+    rerun = run(
+        tiny_spec(tiny_training, out, "multifl", rate=0.5, federated=changed), log=lambda m: None
+    )
+    fresh = run(
+        tiny_spec(tiny_training, tmp_path / "fresh", "multifl", rate=0.5, federated=changed),
+        log=lambda m: None,
+    )
+    assert rerun["resumed_from"] == {} and stable(rerun) == stable(fresh)
+    assert not (
+        out / "checkpoints"
+    ).exists()  # a finished run's checkpoints are gone: --force retrains

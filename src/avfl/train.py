@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -150,8 +151,14 @@ def run(
         weight_decay=fed["weight_decay"], eval_every=fed["eval_every"], selection=fed["selection"],
         checkpoint_every=fed["checkpoint_every"], seed=spec.seed,
     )  # fmt: skip
-    checkpoints = spec.out / "checkpoints"
-    checkpoints.mkdir(exist_ok=True)
+    # Checkpoints only serve to resume an interrupted run of *these* settings: keyed by the
+    # config hash (a rerun after a config change starts afresh) and removed once the run's
+    # record is written.
+    config_hash = stable_hash(
+        {"shared": shared_hash(spec), "method": spec.method, "settings": spec.settings["method"]}
+    )
+    checkpoints = spec.out / "checkpoints" / config_hash
+    checkpoints.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(
         data=data, model=model, initial_state=initial_state, train=train_cfg, federated=fed,
         settings=spec.settings["method"], checkpoint_dir=checkpoints, rate=spec.rate,
@@ -168,13 +175,7 @@ def run(
         "method": spec.method,
         "rate": spec.rate,
         "seed": spec.seed,
-        "config_hash": stable_hash(
-            {
-                "shared": shared_hash(spec),
-                "method": spec.method,
-                "settings": spec.settings["method"],
-            }
-        ),
+        "config_hash": config_hash,
         "shared_hash": shared_hash(spec),
         "config": {k: spec.settings[k] for k in ("model", "federated", "extract", "method")},
         "partition": {
@@ -210,6 +211,7 @@ def run(
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     record["peak_memory_mb"] = _peak_memory_mb(device)
     write_json(spec.out / "metrics.json", record)
+    shutil.rmtree(spec.out / "checkpoints", ignore_errors=True)
     return record
 
 
