@@ -1,5 +1,6 @@
-# ModalityMirror reproduction pipeline. Stages live in workflow/rules/*.smk; the logic
-# lives in the `avfl` package (src/avfl), which every rule calls as `python -m avfl`.
+# ModalityMirror reproduction pipeline. Stages live in workflow/rules/*.smk; what each job does
+# is planned by the torch-free `avfl.plan` and done by the `avfl` package (src/avfl), which
+# every rule calls as `python -m avfl <command>`.
 #
 #   snakemake --cores 2 all                                  # embedded synthetic dataset
 #   snakemake --cores 8 --resources gpu=2 all --configfile config/ucf101.yaml
@@ -20,5 +21,5 @@ include: "workflow/rules/report.smk"
 
 rule all:
     input:
-        all_targets(),
+        PLAN.all_targets(),
     default_target: True

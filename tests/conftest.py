@@ -129,30 +129,71 @@ def tiny_training(tmp_path_factory, tiny_features, tiny_settings):
     return {"root": root, "config": config, "features": tiny_features, "extract": extract_cfg}
 
 
-def tiny_spec(training: dict, out, name: str, rate: float | None = 0.5, seed: int = 0, **overrides):
-    """A RunSpec for the tiny dataset; overrides update the `federated` or method settings."""
-    from avfl.train import RunSpec
+def tiny_job(
+    training: dict, out, method: str, rates=(0.5,), seeds=(0,), *, federated=None, settings=None,
+    model=None, consumes=None, reference=None, health=None,
+):  # fmt: skip
+    """A training Job for the tiny dataset (fold 1): one run per (seed, rate), in `out/r<rate>_seed<seed>`.
+
+    `consumes`: {method: folder} where that method's runs of the same (rate, seed) live
+    (its `out` of an earlier tiny_job); `reference`: the centralised reference's folder.
+    """
+    from avfl.config import stable_hash
+    from avfl.methods import get_method
+    from avfl.train import Job, RunSpec
 
     config = training["config"]
-    federated = {**TINY_FEDERATED, **overrides.pop("federated", {})}
-    method_settings = {**config["methods"][name], **overrides.pop("method", {})}
-    model = {**config["model"], **overrides.pop("model", {})}
+    spec = get_method(method)
+    block = {**config["methods"][method], **(settings or {})}
+    block.pop("federated", None)
+    effective = {
+        "model": {**config["model"], **(model or {})},
+        "federated": {**config["federated"], **TINY_FEDERATED, **(federated or {})},
+        "partition": config["partition"],
+        "extract": training["extract"],
+        "method": block,
+        "consumes": {},
+    }
     root = training["root"]
-    return RunSpec(
-        dataset="tiny",
-        fold=1,
-        method=name,
-        rate=rate,
-        seed=seed,
-        partition=root / "partition.json",
-        features=training["features"],
-        out=out,
-        settings={
-            "model": model,
-            "federated": federated,
-            "extract": training["extract"],
-            "method": method_settings,
-        },
-        embeddings=(root / "audio.npy", root / "visual.npy"),
-        **overrides,
-    )
+    runs = []
+    for seed in seeds:
+        for rate in rates if spec.uses_rate else [None]:
+            folder = run_folder(rate, seed)
+            runs.append(RunSpec(
+                rate=rate, seed=seed, out=Path(out) / folder, partition=root / "partition.json",
+                consumes={m: Path(d) / run_folder(rate if get_method(m).uses_rate else None, seed)
+                          for m, d in (consumes or {}).items()},
+                reference=Path(reference) / run_folder(None, seed) / "metrics.json" if reference else None,
+            ))  # fmt: skip
+    return Job(
+        dataset="tiny", fold=1, method=method, settings=effective, features=training["features"],
+        runs=runs, config_hash=stable_hash(effective), embeddings=(root / "audio.npy", root / "visual.npy"),
+        health=health or {},
+    )  # fmt: skip
+
+
+def run_folder(rate, seed) -> str:
+    return f"r{rate}_seed{seed}"
+
+
+def quiet(_message: str) -> None:
+    """A log function that drops messages."""
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running single-node SLURM cluster (2 fake GPUs, partitions cpu and gpu), stopped
+    after the session; skipped with the reason where it cannot start (not root, no packages)."""
+    from .slurm_cluster import ClusterError, cluster_unavailable_reason, start_cluster
+
+    reason = cluster_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("slurm"), gpus=2)
+    except ClusterError as exc:
+        pytest.skip(f"local SLURM cluster did not start: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

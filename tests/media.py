@@ -72,3 +72,39 @@ def sine(
     t = np.arange(round(seconds * sample_rate)) / sample_rate
     wave = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
     return np.repeat(wave[None, :], channels, axis=0)
+
+
+def write_silent_tone_dataset(
+    root: Path, n_classes: int = 4, n_groups: int = 25, clips: int = 2
+) -> Path:
+    """A small dataset in the UCF101 layout whose classes have clean, distinct audio (a tone
+    pattern per class) in the middle of long digital silence, and distinct frames (a colour
+    per class). Its frozen audio summaries vary little around a large common offset, the
+    situation in which unstandardised federated training stalls."""
+    from avfl.data import ucf101
+
+    rate, seconds = 16000, 4.0
+    classes = [f"Tone{chr(65 + k)}" for k in range(n_classes)]
+    entries = []
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        folder = root / ucf101.VIDEO_DIR / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for group in range(1, n_groups + 1):
+            for clip in range(1, clips + 1):
+                audio = np.zeros((1, int(rate * seconds)), dtype=np.float32)
+                start = int(rate * (1.6 + 0.2 * rng.random()))
+                burst = sine(300.0 * (k + 1), 0.4, rate)[0] + sine(450.0 * (k + 1), 0.4, rate)[
+                    0
+                ] * (k % 2)
+                audio[0, start : start + burst.size] = 0.4 * burst
+                colour = np.array(
+                    [(60 * k) % 256, (140 + 50 * k) % 256, (220 - 40 * k) % 256], dtype=np.uint8
+                )
+                images = np.broadcast_to(colour, (10, 32, 32, 3)).copy()
+                images[:, :4] = (group * 9) % 256  # a little per-group variation
+                file = ucf101.clip_file_name(name, group, clip, "mp4")
+                write_media(folder / file, frames=images, audio=audio, sample_rate=rate, fps=10)
+                entries.append((name, group, f"{name}/{file}"))
+    ucf101.write_split_lists(root / ucf101.SPLIT_DIR, classes, entries)
+    return root

@@ -143,7 +143,7 @@ def test_workflow_acquires_extracts_and_partitions_activitynet(tmp_path, served)
     import yaml
 
     from .conftest import REPO, TINY_EXTRACT
-    from .test_workflow import snakemake
+    from .helpers import snakemake
 
     settings, _ = served
     download = {k: v for k, v in settings.items() if k != "source_dir"}
@@ -154,7 +154,7 @@ def test_workflow_acquires_extracts_and_partitions_activitynet(tmp_path, served)
     }
     path = tmp_path / "anet.yaml"
     path.write_text(yaml.safe_dump(config))
-    target = "results/activitynet/partition/fold1_seed0.json"
+    target = "results/activitynet/partition/default/fold1_seed0.json"
     run = snakemake(
         tmp_path, target, "--configfile", str(REPO / "config/activitynet.yaml"), str(path)
     )

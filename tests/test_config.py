@@ -8,7 +8,7 @@ from .conftest import REPO, tiny_config
 
 
 @pytest.mark.parametrize("name", ["ucf101.yaml", "activitynet.yaml"])
-def test_shipped_configs_validate(name):
+def test_paper_configs_validate_with_the_papers_settings(name):
     config = load_config([REPO / "config/config.yaml", REPO / "config" / name])
     dataset = config["run_datasets"][0]
     assert config["datasets"][dataset]["source"] == dataset
@@ -75,8 +75,20 @@ def _with(update):
             "datasets.tiny.synthetic.n_audio_twins",
         ),
         ({"surprise": 1}, "unknown config key 'surprise'"),
-        ({"experiment": {"methods": ["fedprox"]}}, "unknown method 'fedprox'"),
-        ({"experiment": {"methods": ["modalitymirror"]}}, "consumes multifl's result"),
+        ({"experiment": {"methods": ["fedprocs"]}}, "unknown method 'fedprocs'"),
+        ({"experiment": {"methods": ["centralised"]}}, "is a reference, not a method"),
+        ({"methods": {"fedprox": {"mu": -1}}}, "methods.fedprox.mu"),
+        ({"methods": {"bmsfed": {"chi": 0.5}}}, "methods.bmsfed.chi"),
+        (
+            {"methods": {"multifl": {"federated": {"rounds": 0}}}},
+            "methods.multifl.federated.rounds",
+        ),
+        ({"experiment": {"variants": {"v": {"datasets.tiny.folds": [1]}}}}, "cannot vary"),
+        (
+            {"experiment": {"variants": {"v": {"methods.modalitymirror.temperature": -2}}}},
+            "experiment.variants.v",
+        ),
+        ({"experiment": {"variants": {"default": {"partition.alpha": 1}}}}, "experiment.variants"),
         (
             {"methods": {"modalitymirror": {"kl_direction": "sideways"}}},
             "methods.modalitymirror.kl_direction",
@@ -98,3 +110,37 @@ def test_load_config_rejects_non_mapping(tmp_path: Path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml"):
         load_config([bad])
+
+
+def test_every_registered_methods_settings_have_defaults_and_reasons():
+    from avfl.config import load_schema
+    from avfl.methods import registry
+
+    blocks = load_schema()["properties"]["methods"]["properties"]
+    assert set(blocks) == set(registry())
+    config = tiny_config()
+    for name, spec in registry().items():
+        for setting in spec.settings:
+            assert config["methods"][name][setting.name] == setting.default
+            assert len(setting.reason) > 20, (name, setting.name)
+            assert blocks[name]["properties"][setting.name]["description"] == setting.reason
+
+
+def test_variants_are_overlays_validated_like_the_config():
+    from avfl.config import apply_overlay, variant_configs
+
+    config = _with({"experiment": {"variants": {"ce": {"methods.modalitymirror.ce_weight": 0.5},
+                                                "budget": {"methods.multifl.federated": {"rounds": 7}}}}})  # fmt: skip
+    variants = variant_configs(validate_config(config))
+    assert list(variants) == ["default", "ce", "budget"]
+    assert variants["ce"]["methods"]["modalitymirror"]["ce_weight"] == 0.5
+    assert variants["default"]["methods"]["modalitymirror"]["ce_weight"] == 0.0
+    assert variants["budget"]["methods"]["multifl"]["federated"] == {"rounds": 7}
+    assert apply_overlay({"a": {"b": 1, "c": 2}}, {"a": {"b": 3}}) == {"a": {"b": 3, "c": 2}}
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "config.yaml")
+)
+def test_every_shipped_config_validates_on_top_of_the_default(name):
+    load_config([REPO / "config/config.yaml", REPO / "config" / name])

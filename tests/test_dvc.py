@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from .conftest import REPO, TINY_EXTRACT, VENV_BIN
-from .test_workflow import scheduled, snakemake
+from .helpers import scheduled, snakemake
 
 SMALL = {
     "seed": 3, "n_classes": 4, "n_silent_classes": 1, "n_audio_twins": 0, "n_groups": 21, "clips_per_group": [1, 1],

@@ -1,14 +1,20 @@
-"""The round loop: FedAvg = SGD for one client, determinism, resumption, model selection."""
+"""The round loop: FedAvg = SGD for one client, determinism, resumption, model selection,
+server strategies that keep state, and many runs advancing together."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from avfl.fl.data import FederatedData
-from avfl.fl.engine import Interrupted, Phase, TrainSettings, derive_seed, run_phase
+from avfl.fl.engine import PhaseRun, run_phase, run_phases
+from avfl.fl.server import FedAvgServer
 from avfl.fl.tasks import AudioTask, AVTask
+from avfl.fl.types import Interrupted, Phase, TrainSettings, derive_seed
 from avfl.models.heads import AVModel
+
+from .conftest import quiet
 
 
 def make_data(n_clients: int = 1, n: int = 60, classes: int = 3) -> FederatedData:
@@ -27,23 +33,28 @@ def make_data(n_clients: int = 1, n: int = 60, classes: int = 3) -> FederatedDat
 
 def settings(**kw) -> TrainSettings:
     base = dict(local_epochs=1, batch_size=8, lr=0.1, optimizer="sgd", weight_decay=0.0, eval_every=1,
-                selection="last", checkpoint_every=100, seed=3, parallel=False)  # fmt: skip
+                selection="last", checkpoint_every=100)  # fmt: skip
     return TrainSettings(**{**base, **kw})
 
 
-def fresh_model() -> AVModel:
+def fresh_model(dropout: float = 0.0) -> AVModel:
     torch.manual_seed(0)
-    return AVModel(6, 5, 3, hidden=8, dropout=0.0)
+    return AVModel(6, 5, 3, hidden=8, dropout=dropout)
+
+
+def initial(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 def test_fedavg_with_one_client_equals_plain_sgd():
     data, cfg = make_data(n_clients=1), settings()
     model = fresh_model()
-    init = {k: v.clone() for k, v in model.state_dict().items()}
+    init = initial(model)
     phase = Phase("p", [0], lambda c: AudioTask(), rounds=3, clients_per_round=1, select_by="audio")
-    result = run_phase(phase, model, init, data, cfg, log=lambda m: None)
+    result = run_phase(phase, model, init, data, cfg, seed=3, log=quiet)
 
-    # Independent reference: plain minibatch SGD over the client's data, same batch order.
+    # Independent reference: plain minibatch SGD over the client's data, same batch order
+    # (each round's order is a permutation drawn from the client's round seed).
     ref = fresh_model()
     params = [
         p
@@ -52,8 +63,8 @@ def test_fedavg_with_one_client_equals_plain_sgd():
     ]
     idx = data.clients[0]
     for rnd in range(3):
-        torch.manual_seed(derive_seed(cfg.seed, "p", rnd, 0))
-        order = idx[torch.randperm(idx.numel())]
+        generator = torch.Generator().manual_seed(derive_seed(3, "p", rnd, 0))
+        order = idx[torch.randperm(idx.numel(), generator=generator)]
         for start in range(0, order.numel(), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
             loss = torch.nn.functional.cross_entropy(
@@ -66,7 +77,8 @@ def test_fedavg_with_one_client_equals_plain_sgd():
     for name, value in ref.state_dict().items():
         torch.testing.assert_close(result.state[name], value, rtol=1e-5, atol=1e-6, msg=name)
     # Groups the task does not train stay at their initial values.
-    torch.testing.assert_close(result.state["fusion_head.0.weight"], init["fusion_head.0.weight"])
+    assert torch.equal(result.state["fusion_head.0.weight"], init["fusion_head.0.weight"])
+    assert result.client_updates == 3 and result.local_steps == 3 * 5
 
 
 def test_same_seed_same_result_other_seed_other_result():
@@ -74,16 +86,16 @@ def test_same_seed_same_result_other_seed_other_result():
     phase = Phase("p", range(4), lambda c: AVTask(), rounds=4, clients_per_round=2, select_by="av")
     runs = []
     for seed in (5, 5, 6):
-        model = fresh_model()
-        init = {k: v.clone() for k, v in model.state_dict().items()}
+        model = fresh_model(dropout=0.2)
         runs.append(
             run_phase(
                 phase,
                 model,
-                init,
+                initial(model),
                 data,
-                settings(seed=seed, optimizer="adam", lr=0.01),
-                log=lambda m: None,
+                settings(optimizer="adam", lr=0.01),
+                seed,
+                log=quiet,
             )
         )
     for name in runs[0].state:
@@ -101,18 +113,9 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
     )
 
     def go(ckpt, stop_after=None):
-        model = fresh_model()
-        init = {k: v.clone() for k, v in model.state_dict().items()}
-        return run_phase(
-            phase,
-            model,
-            init,
-            data,
-            cfg,
-            checkpoint_dir=ckpt,
-            log=lambda m: None,
-            stop_after=stop_after,
-        )
+        model = fresh_model(dropout=0.2)
+        return run_phase(phase, model, initial(model), data, cfg, 1, checkpoint_dir=ckpt, log=quiet,
+                         stop_after=stop_after)  # fmt: skip
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -122,52 +125,165 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
     resumed = go(tmp_path / "b")
     assert resumed.resumed_from == 6 and resumed.rounds == 9
     assert resumed.dev_curve == whole.dev_curve and resumed.selected_round == whole.selected_round
+    assert resumed.client_updates == whole.client_updates == 18
     for name in whole.state:
         assert torch.equal(whole.state[name], resumed.state[name]), name
 
 
-def test_best_dev_selection_keeps_the_best_round():
+def test_best_dev_selection_keeps_the_first_best_round():
     data = make_data(n_clients=2)
     phase = Phase(
         "p", range(2), lambda c: AudioTask(), rounds=6, clients_per_round=2, select_by="audio"
     )
     model = fresh_model()
-    init = {k: v.clone() for k, v in model.state_dict().items()}
     result = run_phase(
-        phase, model, init, data, settings(selection="best_dev", lr=0.5), log=lambda m: None
+        phase, model, initial(model), data, settings(selection="best_dev", lr=0.5), 0, log=quiet
     )
     scores = [point["dev_audio_top1"] for point in result.dev_curve]
     assert len(scores) == 6
-    assert scores[result.selected_round - 1] == max(scores)
-    assert scores.index(max(scores)) == result.selected_round - 1  # the first best round
+    assert scores.index(max(scores)) == result.selected_round - 1
+    assert all("train_loss" in point for point in result.dev_curve)
+
+
+def test_a_phase_that_starts_from_a_trained_model_never_reports_worse_than_its_start():
+    data = make_data(n_clients=2)
+    trained_model = fresh_model()
+    trained = run_phase(
+        Phase("warm", range(2), lambda c: AudioTask(), rounds=8, clients_per_round=2, select_by="audio"),
+        trained_model, initial(trained_model), data, settings(lr=0.3), 0, log=quiet,
+    ).state  # fmt: skip
+    # A phase whose training can only hurt: a learning rate far too large.
+    ruin = Phase("ruin", range(2), lambda c: AudioTask(), rounds=3, clients_per_round=2, select_by="audio",
+                 start_is_candidate=True)  # fmt: skip
+    result = run_phase(
+        ruin, fresh_model(), trained, data, settings(lr=50.0, selection="best_dev"), 0, log=quiet
+    )
+    start = result.dev_curve[0]
+    assert start["round"] == 0
+    assert (
+        result.selected_round == 0
+        or max(p["dev_audio_top1"] for p in result.dev_curve[1:]) > start["dev_audio_top1"]
+    )
+    if result.selected_round == 0:
+        for name, value in trained.items():
+            assert torch.equal(result.state[name], value), name
+
+
+def test_also_selected_keeps_each_metrics_best_state():
+    data = make_data(n_clients=3)
+    phase = Phase("p", range(3), lambda c: AVTask(audio_head_weight=1.0), rounds=6, clients_per_round=3,
+                  select_by="audio", also_select=("av",))  # fmt: skip
+    model = fresh_model()
+    result = run_phase(
+        phase, model, initial(model), data, settings(lr=0.3, selection="best_dev"), 0, log=quiet
+    )
+    av_scores = [p["dev_av_top1"] for p in result.dev_curve]
+    best_av_round = result.dev_curve[av_scores.index(max(av_scores))]["round"]
+    model.load_state_dict(result.also_selected["av"])
+    from avfl.fl.engine import dev_score
+
+    assert dev_score(model, data, "av") == pytest.approx(max(av_scores), abs=1e-6)
+    assert best_av_round >= 1
+
+
+class CountingServer(FedAvgServer):
+    """A strategy with state: it counts the updates it received (checkpointed)."""
+
+    def __init__(self, phase, context):
+        super().__init__(phase, context)
+        self.seen = 0
+
+    def aggregate(self, rnd, state, updates):
+        self.seen += len(updates)
+        new = super().aggregate(rnd, state, updates)
+        new["audio_head.bias"] = new["audio_head.bias"] + 0.001 * self.seen  # uses its state
+        return new
+
+    def state_dict(self):
+        return {"seen": self.seen}
+
+    def load_state_dict(self, state):
+        self.seen = state["seen"]
+
+
+def test_server_state_survives_a_resume(tmp_path):
+    data = make_data(n_clients=4)
+    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=7, clients_per_round=2, select_by="audio",
+                  server=CountingServer)  # fmt: skip
+    cfg = settings(checkpoint_every=2)
+
+    def go(ckpt, stop_after=None):
+        model = fresh_model()
+        return run_phase(
+            phase,
+            model,
+            initial(model),
+            data,
+            cfg,
+            0,
+            checkpoint_dir=ckpt,
+            log=quiet,
+            stop_after=stop_after,
+        )
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = go(tmp_path / "a")
+    with pytest.raises(Interrupted):
+        go(tmp_path / "b", stop_after=3)
+    resumed = go(tmp_path / "b")
+    assert torch.equal(whole.state["audio_head.bias"], resumed.state["audio_head.bias"])
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_lockstep_clients_train_exactly_as_one_at_a_time(optimizer):
-    """The parallel path (vmap over clients, padded batches) equals sequential local training."""
+def test_lockstep_clients_train_as_one_at_a_time(optimizer):
+    """The vmapped path (padded batches, stacked rows) equals row-by-row training, dropout included."""
     data = make_data(n_clients=4)
-    # Unequal client sizes, so padding steps occur.
     data.clients = [
         torch.arange(0, 5),
         torch.arange(5, 17),
         torch.arange(17, 20),
         torch.arange(20, 40),
     ]
-    phase = Phase(
-        "p",
-        range(4),
-        lambda c: AVTask() if c % 2 else AudioTask(),
-        rounds=3,
-        clients_per_round=4,
-        select_by="audio",
-    )
+    phase = Phase("p", range(4), lambda c: AVTask() if c % 2 else AudioTask(), rounds=3, clients_per_round=4,
+                  select_by="audio")  # fmt: skip
     results = []
-    for parallel in (False, True):
-        model = fresh_model()  # dropout 0: the only randomness is the batch order
-        init = {k: v.clone() for k, v in model.state_dict().items()}
+    for lockstep in (False, True):
+        model = fresh_model(dropout=0.3)
         cfg = settings(
-            optimizer=optimizer, lr=0.01, local_epochs=2, batch_size=4, parallel=parallel
+            optimizer=optimizer, lr=0.01, local_epochs=2, batch_size=4, lockstep=lockstep
         )
-        results.append(run_phase(phase, model, init, data, cfg, log=lambda m: None))
+        results.append(run_phase(phase, model, initial(model), data, cfg, 0, log=quiet))
     for name, value in results[0].state.items():
         torch.testing.assert_close(results[1].state[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_runs_advancing_together_equal_runs_alone():
+    """Two runs (other seeds, other audio-only clients) in one run_phases call: bitwise their solo results."""
+    torch.set_num_threads(1)
+    base = make_data(n_clients=4)
+    variants = [(0, frozenset()), (1, frozenset({0, 2})), (2, frozenset({1}))]
+
+    def phase_run(seed, audio_only):
+        data = FederatedData(**{**base.__dict__, "audio_only": audio_only})
+        phase = Phase("p", range(4), lambda c, ao=audio_only: AudioTask() if c in ao else AVTask(), rounds=4,
+                      clients_per_round=3, select_by="audio")  # fmt: skip
+        torch.manual_seed(seed)
+        model = AVModel(6, 5, 3, hidden=8, dropout=0.2)
+        return PhaseRun(
+            phase, model, initial(model), data, settings(optimizer="adam", lr=0.02), seed, log=quiet
+        )
+
+    together = run_phases([phase_run(*v) for v in variants])
+    alone = [run_phases([phase_run(*v)])[0] for v in variants]
+    for a, b in zip(together, alone, strict=True):
+        assert a.dev_curve == b.dev_curve
+        for name in a.state:
+            assert torch.equal(a.state[name], b.state[name]), name
+
+
+def test_client_sampling_is_a_function_of_seed_phase_and_round():
+    rng1 = np.random.default_rng(derive_seed(4, "p", 7) % 2**63)
+    rng2 = np.random.default_rng(derive_seed(4, "p", 7) % 2**63)
+    server = FedAvgServer(Phase("p", range(10), lambda c: AudioTask(), 1, 3, "audio"))
+    assert server.select(7, rng1, list(range(10)), 3) == server.select(7, rng2, list(range(10)), 3)

@@ -83,7 +83,7 @@ def test_embed_and_train_commands_take_a_slot(tmp_path: Path, tiny_training):
     """Both GPU rules' commands hold a slot while they run (the lock file records the GPU)."""
     import numpy as np
 
-    from .conftest import tiny_spec
+    from .conftest import tiny_job
     from .test_train import _cli
 
     locks = tmp_path / "locks"
@@ -101,14 +101,10 @@ def test_embed_and_train_commands_take_a_slot(tmp_path: Path, tiny_training):
     assert embed.returncode == 0, embed.stderr[-2000:]
     assert (locks / "gpu3.lock").exists() and np.load(tmp_path / "v.npy").shape[1] == 70
     (locks / "gpu3.lock").unlink()
-    spec = tiny_spec(
-        tiny_training,
-        tmp_path / "run",
-        "harmony",
-        rate=None,
-        federated={"rounds": 1, "device": "auto"},
+    job = tiny_job(
+        tiny_training, tmp_path / "run", "harmony", federated={"rounds": 1, "device": "auto"}
     )
-    cmd = [c for c in _cli(spec) if c not in ("--rate", "None")]
+    cmd = _cli(job)
     train = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert train.returncode == 0, train.stderr[-2000:]
     assert "GPU slot: CUDA_VISIBLE_DEVICES=3" in train.stderr and (locks / "gpu3.lock").exists()

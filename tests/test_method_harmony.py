@@ -1,20 +1,14 @@
 """Harmony: the reported audio model is stage 1's and does not depend on the missing rate."""
 
-from avfl.train import run
+from avfl.methods.context import RunContext
+from avfl.methods.harmony import harmony
+from avfl.train import run_job
 
-from .conftest import tiny_spec
+from .conftest import quiet, tiny_job
 
 
-def test_harmony_audio_model_is_rate_independent(tiny_training, tmp_path):
-    no_rate = run(
-        tiny_spec(tiny_training, tmp_path / "none", "harmony", rate=None), log=lambda m: None
-    )
-    assert no_rate["rate"] is None and set(no_rate["rounds"]) == {"stage1_audio"}
-    assert no_rate["test"]["top1"] > 1.0 / len(no_rate["classes"]) + 0.1
-    with_rate = run(
-        tiny_spec(tiny_training, tmp_path / "r", "harmony", rate=0.5), log=lambda m: None
-    )
-    # With a rate, stage-1 visual and stage-2 fusion run too; the audio model is unchanged.
-    assert set(with_rate["rounds"]) == {"stage1_audio", "stage1_visual", "stage2_fusion"}
-    assert with_rate["test"] == no_rate["test"]
-    assert with_rate["test_av"]["top1"] > 1.0 / len(no_rate["classes"]) + 0.1
+def test_harmony_audio_model_is_rate_independent_and_learns(tiny_training, tmp_path):
+    (record,) = run_job(tiny_job(tiny_training, tmp_path, "harmony"), log=quiet)
+    assert record["rate"] is None and set(record["rounds"]) == {"stage1_audio"}
+    assert record["test"]["top1"] > 1.0 / len(record["classes"]) + 0.1
+    assert harmony.uses_rate is False and RunContext is not None

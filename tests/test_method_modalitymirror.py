@@ -3,60 +3,72 @@
 import pytest
 import torch
 
+from avfl.errors import UserError
 from avfl.methods.modalitymirror import distill_loss
-from avfl.train import run
+from avfl.train import run_job
 
-from .conftest import tiny_spec
+from .conftest import quiet, run_folder, tiny_job
 
 SETTINGS = {"temperature": 2.0, "t2_scaling": True, "kl_direction": "teacher_to_student"}
 
 
+def multifl(tiny_training, folder, **kw):
+    job = tiny_job(tiny_training, folder, "multifl", (0.25,), **kw)
+    run_job(job, log=quiet)
+    return job
+
+
 def test_reads_multifl_result_instead_of_retraining(tiny_training, tmp_path):
-    multifl = run(
-        tiny_spec(tiny_training, tmp_path / "multifl", "multifl", rate=0.25), log=lambda m: None
+    phase1 = multifl(tiny_training, tmp_path / "multifl")
+    job = tiny_job(
+        tiny_training,
+        tmp_path / "mm",
+        "modalitymirror",
+        (0.25,),
+        consumes={"multifl": tmp_path / "multifl"},
     )
-    mirror = run(
-        tiny_spec(
-            tiny_training, tmp_path / "mm", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl"
-        ),
-        log=lambda m: None,
-    )
+    job = type(job)(**{**job.__dict__, "consumed_hashes": {"multifl": phase1.config_hash}})
+    (mirror,) = run_job(job, log=quiet)
     assert set(mirror["rounds"]) == {"distill"}  # no MultiFL rounds were run again
     assert mirror["test"]["top1"] > 1.0 / len(mirror["classes"]) + 0.1
-    # The teacher is MultiFL's audio-visual model: its test accuracy is MultiFL's.
-    assert mirror["test_av"] == multifl["test_av"]
-    assert mirror["shared_hash"] == multifl["shared_hash"]
+    # The teacher is MultiFL's audio-visual model selected on audio-visual dev accuracy.
+    multifl_record = __import__("json").loads(
+        (tmp_path / "multifl" / run_folder(0.25, 0) / "metrics.json").read_text()
+    )
+    assert mirror["test_by_model"]["av"] == multifl_record["test_by_model"]["av"]
+    assert mirror["consumed"]["multifl"]["config_hash"] == phase1.config_hash
+    # Phase 2 starts from a trained model: its start is round 0 of the curve, a candidate.
+    assert mirror["dev_curve"]["distill"][0]["round"] == 0
+    # Its budget includes phase 1's.
+    assert (
+        mirror["budget"]["total"]["client_trainings"] > mirror["budget"]["own"]["client_trainings"]
+    )
 
 
 def test_missing_or_mismatched_phase1_is_a_clear_error(tiny_training, tmp_path):
-    with pytest.raises(FileNotFoundError, match="run that method first"):
-        run(
-            tiny_spec(
+    with pytest.raises(UserError, match="run multifl first"):
+        run_job(
+            tiny_job(
                 tiny_training,
                 tmp_path / "mm",
                 "modalitymirror",
-                rate=0.25,
-                phase1=tmp_path / "nothing",
+                (0.25,),
+                consumes={"multifl": tmp_path / "none"},
             ),
-            log=lambda m: None,
+            log=quiet,
         )
-    run(
-        tiny_spec(
-            tiny_training, tmp_path / "multifl", "multifl", rate=0.5, federated={"rounds": 2}
-        ),
-        log=lambda m: None,
+    other = multifl(tiny_training, tmp_path / "multifl", federated={"rounds": 2})
+    job = tiny_job(
+        tiny_training,
+        tmp_path / "mm2",
+        "modalitymirror",
+        (0.25,),
+        consumes={"multifl": tmp_path / "multifl"},
     )
-    with pytest.raises(ValueError, match="trained with other settings"):
-        run(
-            tiny_spec(
-                tiny_training,
-                tmp_path / "mm2",
-                "modalitymirror",
-                rate=0.25,
-                phase1=tmp_path / "multifl",
-            ),
-            log=lambda m: None,
-        )
+    job = type(job)(**{**job.__dict__, "consumed_hashes": {"multifl": "0123456789ab"}})
+    with pytest.raises(UserError, match="trained with other settings"):
+        run_job(job, log=quiet)
+    assert other.config_hash != "0123456789ab"
 
 
 def test_distillation_loss_directions_and_temperature():
@@ -77,19 +89,43 @@ def test_distillation_loss_directions_and_temperature():
     assert distill_loss(teacher, teacher, SETTINGS).abs() < 1e-6
 
 
-def test_trainable_teacher_and_label_term(tiny_training, tmp_path):
-    run(tiny_spec(tiny_training, tmp_path / "multifl", "multifl", rate=0.25), log=lambda m: None)
-    frozen = run(
-        tiny_spec(
-            tiny_training, tmp_path / "a", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl"
+@pytest.mark.parametrize("change", [
+    {"teacher": "trainable", "ce_weight": 0.5},
+    {"audio_only_clients": "train"},
+    {"student_init": "phase1_encoder"},
+    {"phase1_state": "last"},
+])  # fmt: skip
+def test_open_choices_change_the_run(tiny_training, tmp_path, change):
+    multifl(tiny_training, tmp_path / "multifl")
+    (default,) = run_job(
+        tiny_job(
+            tiny_training,
+            tmp_path / "a",
+            "modalitymirror",
+            (0.25,),
+            consumes={"multifl": tmp_path / "multifl"},
         ),
-        log=lambda m: None,
+        log=quiet,
     )
-    trainable = run(
-        tiny_spec(tiny_training, tmp_path / "b", "modalitymirror", rate=0.25, phase1=tmp_path / "multifl",
-                  method={"teacher": "trainable", "ce_weight": 0.5}),
-        log=lambda m: None,
-    )  # fmt: skip
-    assert trainable["test"] != frozen["test"] or trainable["dev_curve"] != frozen["dev_curve"]
-    saved = torch.load(tmp_path / "b/model.pt", weights_only=True)
-    assert any(k.startswith("teacher.") for k in saved["last"])
+    (other,) = run_job(tiny_job(tiny_training, tmp_path / "b", "modalitymirror", (0.25,), settings=change,
+                                consumes={"multifl": tmp_path / "multifl"}), log=quiet)  # fmt: skip
+    assert other["dev_curve"] != default["dev_curve"]
+    if "audio_only_clients" in change:  # audio-only clients now take part: more client trainings
+        assert (
+            other["budget"]["own"]["client_trainings"]
+            == default["budget"]["own"]["client_trainings"]
+        )
+        assert other["budget"]["own"]["local_steps"] != default["budget"]["own"]["local_steps"]
+
+
+def test_student_from_harmony_consumes_harmony(tiny_training, tmp_path):
+    from avfl.methods import get_method
+
+    spec = get_method("modalitymirror")
+    assert spec.requires() == ("multifl",)
+    assert spec.requires({"student_init": "harmony_audio"}) == ("multifl", "harmony")
+    multifl(tiny_training, tmp_path / "multifl")
+    run_job(tiny_job(tiny_training, tmp_path / "harmony", "harmony"), log=quiet)
+    (record,) = run_job(tiny_job(tiny_training, tmp_path / "mm", "modalitymirror", (0.25,), settings={"student_init": "harmony_audio"},
+                                 consumes={"multifl": tmp_path / "multifl", "harmony": tmp_path / "harmony"}), log=quiet)  # fmt: skip
+    assert set(record["consumed"]) == {"multifl", "harmony"}

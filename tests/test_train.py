@@ -1,4 +1,5 @@
-"""A whole run: the run record, determinism, resumption after a kill, the CLI."""
+"""Training jobs: the run record, determinism, batched runs equal to runs alone, resumption
+after a kill, failures that keep finished work, and the command line."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from avfl.train import run
+from avfl.errors import UserError
+from avfl.train import run_job
 
-from .conftest import tiny_spec
+from .conftest import quiet, run_folder, tiny_job
 
-VOLATILE = {"wall_time_s", "peak_memory_mb", "resumed_from"}
+VOLATILE = {"wall_time_s", "peak_memory_mb", "resumed_from", "batch_size"}
 
 
 def stable(record: dict) -> dict:
@@ -25,130 +26,188 @@ def stable(record: dict) -> dict:
 
 
 def test_run_record_has_what_reports_need(tiny_training, tmp_path):
-    record = run(tiny_spec(tiny_training, tmp_path, "multifl", rate=0.5), log=lambda m: None)
-    on_disk = json.loads((tmp_path / "metrics.json").read_text())
-    assert on_disk == json.loads(json.dumps(record))
-    for key in ("dataset", "fold", "method", "rate", "seed", "config_hash", "versions", "device", "rounds",
-                "wall_time_s", "peak_memory_mb", "selected_round", "dev_curve", "config"):  # fmt: skip
+    (record,) = run_job(tiny_job(tiny_training, tmp_path, "multifl"), log=quiet)
+    folder = tmp_path / run_folder(0.5, 0)
+    assert json.loads((folder / "metrics.json").read_text()) == json.loads(json.dumps(record))
+    for key in ("dataset", "variant", "fold", "method", "role", "rate", "seed", "config_hash", "versions",
+                "device", "rounds", "wall_time_s", "peak_memory_mb", "selected_round", "dev_curve", "config",
+                "health", "budget"):  # fmt: skip
         assert key in record, key
     test = record["test"]
     n_classes = len(record["classes"])
     assert {"top1", "top5", "macro_f1", "per_class_f1", "confusion"} <= set(test)
-    assert len(test["per_class_f1"]) == n_classes and len(test["confusion"]) == n_classes
-    assert sum(map(sum, test["confusion"])) == test["n"]
-    assert 0 <= test["top1"] <= test["top5"] <= 1
-    assert record["versions"]["torch"] == torch.__version__
-    assert record["device"].startswith("cpu")
-    assert (tmp_path / "model.pt").exists()
+    assert len(test["per_class_f1"]) == n_classes and sum(map(sum, test["confusion"])) == test["n"]
+    assert test["top1"] <= test["top5"]
+    assert record["test_by_model"]["av"]["n"] == test["n"]
+    assert record["versions"]["torch"] == torch.__version__ and record["device"].startswith("cpu")
+    assert record["budget"]["own"]["client_trainings"] == 20 * 4  # rounds x clients per round
+    saved = torch.load(folder / "model.pt", weights_only=True)
+    assert saved["config_hash"] == record["config_hash"]
+    assert {"selected", "selected_av", "last", "evaluated_audio"} <= set(saved["states"])
+    assert not (folder / "checkpoints").exists()
 
 
-def test_same_seed_same_metrics(tiny_training, tmp_path):
-    a = run(tiny_spec(tiny_training, tmp_path / "a", "unifl", rate=0.5), log=lambda m: None)
-    b = run(tiny_spec(tiny_training, tmp_path / "b", "unifl", rate=0.5), log=lambda m: None)
-    c = run(tiny_spec(tiny_training, tmp_path / "c", "unifl", rate=0.5, seed=1), log=lambda m: None)
+def test_same_seed_same_record_other_seed_other_record(tiny_training, tmp_path):
+    (a,) = run_job(tiny_job(tiny_training, tmp_path / "a", "unifl"), log=quiet)
+    (b,) = run_job(tiny_job(tiny_training, tmp_path / "b", "unifl"), log=quiet)
+    (c,) = run_job(tiny_job(tiny_training, tmp_path / "c", "unifl", seeds=(1,)), log=quiet)
     assert stable(a) == stable(b)
     assert a["dev_curve"] != c["dev_curve"]
 
 
-def _cli(spec) -> list[str]:
-    cmd = [sys.executable, "-m", "avfl", "train", "--dataset", spec.dataset, "--fold", str(spec.fold),
-           "--method", spec.method, "--rate", str(spec.rate), "--seed", str(spec.seed),
-           "--partition", str(spec.partition), "--features", str(spec.features),
-           "--audio-embeddings", str(spec.embeddings[0]), "--visual-embeddings", str(spec.embeddings[1]),
-           "--settings", json.dumps(dict(spec.settings)), "--out", str(spec.out)]  # fmt: skip
-    return cmd
+@pytest.mark.parametrize("method", ["multifl", "unifl", "fedadam", "bmsfed"])
+def test_runs_trained_in_one_job_equal_runs_trained_alone(tiny_training, tmp_path, method):
+    torch.set_num_threads(1)
+    rates, seeds = (0.25, 0.5, 0.75), (0, 1)
+    together = run_job(
+        tiny_job(tiny_training, tmp_path / "batch", method, rates, seeds, federated={"rounds": 12}),
+        log=quiet,
+    )
+    assert len(together) == 6 and {r["batch_size"] for r in together} == {6}
+    for record in together:
+        (alone,) = run_job(tiny_job(tiny_training, tmp_path / f"alone{record['rate']}_{record['seed']}", method,
+                                    (record["rate"],), (record["seed"],), federated={"rounds": 12}), log=quiet)  # fmt: skip
+        assert stable(alone) == stable(record)
 
 
-def test_killed_run_resumes_to_the_same_metrics(tiny_training, tmp_path):
+def test_an_interrupted_job_resumes_every_run_to_the_same_records(tiny_training, tmp_path):
+    job = tiny_job(
+        tiny_training, tmp_path / "a", "multifl", (0.25, 0.75), federated={"checkpoint_every": 3}
+    )
+    whole = run_job(job, log=quiet)
+    interrupted = tiny_job(
+        tiny_training, tmp_path / "b", "multifl", (0.25, 0.75), federated={"checkpoint_every": 3}
+    )
+    from avfl.fl.types import Interrupted
+
+    with pytest.raises(Interrupted):
+        run_job(interrupted, log=quiet, stop_after=7)
+    resumed = run_job(interrupted, log=quiet)
+    assert all(r["resumed_from"] for r in resumed)
+    assert [stable(r) for r in resumed] == [stable(r) for r in whole]
+
+
+def test_a_failing_run_fails_the_job_but_finished_runs_are_kept_for_the_rerun(
+    tiny_training, tmp_path
+):
+    # UniFL needs audio-only clients: rate 0 fails, rate 0.5 finishes.
+    job = tiny_job(tiny_training, tmp_path, "unifl", (0.0, 0.5))
+    with pytest.raises(UserError, match="rate above 0"):
+        run_job(job, log=quiet)
+    done = tmp_path / run_folder(0.5, 0) / "checkpoints" / job.config_hash / "done" / "metrics.json"
+    assert done.exists(), "the finished run must survive the job's failure"
+    kept = json.loads(done.read_text())
+    messages = []
+    fixed = tiny_job(tiny_training, tmp_path, "unifl", (0.5,))
+    (record,) = run_job(fixed, log=messages.append)
+    assert any("restored" in m for m in messages)
+    assert record["test"] == kept["test"]
+
+
+def _cli(job) -> list[str]:
+    from dataclasses import asdict
+
+    spec = {
+        "dataset": job.dataset, "fold": job.fold, "method": job.method, "settings": job.settings,
+        "features": str(job.features), "config_hash": job.config_hash,
+        "embeddings": {"audio": str(job.embeddings[0]), "visual": str(job.embeddings[1])},
+        "runs": [{**{k: (str(v) if k in ("out", "partition") else v) for k, v in asdict(r).items() if k != "reference"},
+                  "consumes": {m: str(p) for m, p in r.consumes.items()}} for r in job.runs],
+    }  # fmt: skip
+    return [sys.executable, "-m", "avfl", "train", "--job", json.dumps(spec)]
+
+
+def test_killed_job_resumes_to_the_same_metrics(tiny_training, tmp_path):
     slow = {"rounds": 60, "checkpoint_every": 2}
-    whole = run(
-        tiny_spec(tiny_training, tmp_path / "whole", "multifl", rate=0.5, federated=slow),
-        log=lambda m: None,
+    (whole,) = run_job(
+        tiny_job(tiny_training, tmp_path / "whole", "multifl", federated=slow), log=quiet
     )
-    spec = tiny_spec(tiny_training, tmp_path / "killed", "multifl", rate=0.5, federated=slow)
+    job = tiny_job(tiny_training, tmp_path / "killed", "multifl", federated=slow)
+    out = job.runs[0].out
     proc = subprocess.Popen(
-        _cli(spec), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+        _cli(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
-
-    def checkpoints() -> list:
-        return list(spec.out.glob("checkpoints/*/multifl.ckpt"))
-
     deadline = time.time() + 120
-    while not checkpoints() and time.time() < deadline and proc.poll() is None:
+    while (
+        not list(out.glob("checkpoints/*/*.ckpt"))
+        and time.time() < deadline
+        and proc.poll() is None
+    ):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert checkpoints() and not (spec.out / "metrics.json").exists(), (
-        "the run finished before it was killed"
-    )
-    done = subprocess.run(_cli(spec), capture_output=True, text=True)
+    assert list(out.glob("checkpoints/*/*.ckpt")) and not (out / "metrics.json").exists()
+    done = subprocess.run(_cli(job), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from round" in done.stderr
-    resumed = json.loads((spec.out / "metrics.json").read_text())
+    resumed = json.loads((out / "metrics.json").read_text())
     assert resumed["resumed_from"]["multifl"] > 0
     assert stable(resumed) == stable(json.loads(json.dumps(whole)))
 
 
-def test_cli_reports_a_missing_phase1_clearly(tiny_training, tmp_path):
-    spec = tiny_spec(tiny_training, tmp_path / "mm", "modalitymirror", rate=0.5)
-    done = subprocess.run(
-        [*_cli(spec), "--phase1", str(tmp_path / "nowhere")], capture_output=True, text=True
+def test_cli_reports_a_missing_consumed_run_in_one_line(tiny_training, tmp_path):
+    job = tiny_job(
+        tiny_training, tmp_path / "mm", "modalitymirror", consumes={"multifl": tmp_path / "nowhere"}
     )
-    assert done.returncode == 2 and "run that method first" in done.stderr
+    done = subprocess.run(_cli(job), capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "run multifl first" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_keeps_the_traceback_of_a_bug(tiny_training, tmp_path):
+    spec = json.loads(_cli(tiny_job(tiny_training, tmp_path, "multifl"))[-1])
+    spec["settings"]["federated"]["local_epochs"] = (
+        "two"  # a type error deep inside: a bug, not a user error
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "avfl", "train", "--job", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and "Traceback" in done.stderr
 
 
 def test_auto_device_warns_when_no_gpu(tiny_training, tmp_path, recwarn):
     if torch.cuda.is_available():
-        return
-    record = run(
-        tiny_spec(
-            tiny_training, tmp_path, "harmony", rate=None, federated={"device": "auto", "rounds": 2}
-        ),
-        log=lambda m: None,
+        pytest.skip("a GPU is visible")
+    (record,) = run_job(
+        tiny_job(tiny_training, tmp_path, "harmony", federated={"device": "auto", "rounds": 2}),
+        log=quiet,
     )
     assert record["device"].startswith("cpu")
     assert any("no CUDA device visible" in str(w.message) for w in recwarn)
 
 
-def test_config_hash_changes_with_method_settings_only_for_that_method(
-    tiny_training, tmp_path: Path
-):
-    a = run(
-        tiny_spec(tiny_training, tmp_path / "a", "harmony", rate=None, federated={"rounds": 2}),
-        log=lambda m: None,
-    )
-    b = run(
-        tiny_spec(
-            tiny_training,
-            tmp_path / "b",
-            "harmony",
-            rate=None,
-            federated={"rounds": 2},
-            method={"fusion_rounds": 7},
-        ),
-        log=lambda m: None,
-    )
-    assert a["shared_hash"] == b["shared_hash"] and a["config_hash"] != b["config_hash"]
-
-
-def test_rerun_with_other_settings_does_not_resume_and_finished_runs_keep_no_checkpoint(
+def test_config_hash_changes_with_the_settings_and_a_rerun_never_resumes_other_settings(
     tiny_training, tmp_path
 ):
-    from avfl.fl.engine import Interrupted
+    from avfl.fl.types import Interrupted
 
-    out = tmp_path / "run"
     with pytest.raises(Interrupted):
-        run(tiny_spec(tiny_training, out, "multifl", rate=0.5), log=lambda m: None, stop_after=5)
-    assert list(out.glob("checkpoints/*/multifl.ckpt"))  # an interrupted run leaves its checkpoint
-    changed = {"client_lr": 1e-3}
-    rerun = run(
-        tiny_spec(tiny_training, out, "multifl", rate=0.5, federated=changed), log=lambda m: None
-    )
-    fresh = run(
-        tiny_spec(tiny_training, tmp_path / "fresh", "multifl", rate=0.5, federated=changed),
-        log=lambda m: None,
+        run_job(tiny_job(tiny_training, tmp_path, "multifl"), log=quiet, stop_after=5)
+    out = tmp_path / run_folder(0.5, 0)
+    assert list(out.glob("checkpoints/*/*.ckpt"))
+    changed = tiny_job(tiny_training, tmp_path, "multifl", federated={"client_lr": 1e-3})
+    (rerun,) = run_job(changed, log=quiet)
+    (fresh,) = run_job(
+        tiny_job(tiny_training, tmp_path / "fresh", "multifl", federated={"client_lr": 1e-3}),
+        log=quiet,
     )
     assert rerun["resumed_from"] == {} and stable(rerun) == stable(fresh)
-    assert not (
-        out / "checkpoints"
-    ).exists()  # a finished run's checkpoints are gone: --force retrains
+    assert not (out / "checkpoints").exists()
+
+
+def test_finetune_mode_trains_the_backbones_one_row_at_a_time(tiny_training, tmp_path):
+    small = {"mode": "finetune", "audio": {"backbone": "small_cnn", "pretrained": False, "weights": {"path": "unused"}, "ssast": {}},
+             "visual": {"backbone": "small_cnn", "pretrained": False, "weights": {"path": "unused"}}}  # fmt: skip
+    job = tiny_job(tiny_training, tmp_path, "multifl", model=small, federated={"rounds": 2})
+    job = type(job)(**{**job.__dict__, "embeddings": None})
+    (record,) = run_job(job, log=quiet)
+    assert record["config"]["model"]["mode"] == "finetune"
+    saved = torch.load(tmp_path / run_folder(0.5, 0) / "model.pt", weights_only=True)["states"][
+        "last"
+    ]
+    assert any(k.startswith("audio_backbone.") for k in saved) and any(
+        k.startswith("visual_backbone.") for k in saved
+    )
+    assert record["budget"]["own"]["client_trainings"] == 2 * 4

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -18,15 +19,56 @@ from typing import Any
 import jsonschema
 import yaml
 
+from avfl.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration value is wrong; the message names the key and what to change."""
 
 
 def load_schema() -> dict[str, Any]:
-    """The config JSON schema shipped with the package (one source for workflow and CLI)."""
+    """The config JSON schema: the file shipped with the package, plus each registered
+    method's settings block generated from its declaration (one source for workflow and CLI)."""
+    return copy.deepcopy(_schema())
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
     text = resources.files("avfl").joinpath("schema/config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    schema = yaml.safe_load(text)
+    schema["properties"]["methods"]["properties"] = method_schemas(
+        schema["properties"]["federated"]
+    )
+    return schema
+
+
+def method_schemas(federated: Mapping[str, Any]) -> dict[str, Any]:
+    """name -> the JSON schema of its config block, from the method registry.
+
+    Every method also accepts `federated`: overrides of the shared federated block for that
+    method alone (an equal-budget ablation, say); they change its runs and those of the
+    methods that consume it, nothing else.
+    """
+    from avfl.methods import registry
+
+    override = copy.deepcopy(dict(federated))
+    override["description"] = "Overrides of the shared federated block for this method alone."
+    override["default"] = {}
+    for prop in override["properties"].values():
+        prop.pop("default", None)
+    blocks = {}
+    for name, spec in registry().items():
+        properties = {s.name: s.json_schema() for s in spec.settings}
+        properties["federated"] = override
+        blocks[name] = {
+            "type": "object",
+            "additionalProperties": False,
+            "default": {},
+            "description": f"{spec.display}: {spec.summary}"
+            + (f" ({spec.cite})" if spec.cite else ""),
+            "properties": properties,
+        }
+    return blocks
 
 
 def _validator_with_defaults(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
@@ -77,7 +119,7 @@ def _describe(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> s
     return f"config key '{key}': {error.message}"
 
 
-def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
+def validate_config(config: Mapping[str, Any], check_variants: bool = True) -> dict[str, Any]:
     """Validate `config`, fill defaults, and return the completed copy.
 
     Raises ConfigError listing every problem found, each naming its key.
@@ -88,29 +130,24 @@ def validate_config(config: Mapping[str, Any]) -> dict[str, Any]:
     errors = sorted(validator.iter_errors(completed), key=lambda e: list(e.absolute_path))
     problems = [_describe(e, schema) for e in errors]
     if not problems:
-        problems = list(_semantic_problems(completed))
+        problems = list(_semantic_problems(completed, check_variants))
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
     return completed
 
 
-def _semantic_problems(config: Mapping[str, Any]) -> Iterable[str]:
+def _semantic_problems(config: Mapping[str, Any], check_variants: bool = True) -> Iterable[str]:
     """Cross-field checks that JSON schema cannot express."""
-    from avfl.methods import REGISTRY
+    from avfl.methods import methods, registry
 
-    for name in config["experiment"]["methods"]:
-        if name not in REGISTRY:
-            yield f"config key 'experiment.methods': unknown method '{name}' (registered: {', '.join(REGISTRY)})"
-        elif name not in config["methods"]:
-            yield f"config key 'methods': no settings block for method '{name}' (add it to the schema's methods)"
-    for method, cls in REGISTRY.items():
-        required = cls().requires
-        if (
-            method in config["experiment"]["methods"]
-            and required
-            and required not in config["experiment"]["methods"]
-        ):
-            yield f"config key 'experiment.methods': {method} consumes {required}'s result; add '{required}'"
+    runnable = methods("method")
+    for name in config["experiment"]["methods"] or []:
+        if name not in registry():
+            yield f"config key 'experiment.methods': unknown method '{name}' (registered: {', '.join(runnable)})"
+        elif name not in runnable:
+            yield f"config key 'experiment.methods': '{name}' is a reference, not a method; references always run"
+    if check_variants:
+        yield from _variant_problems(config)
     datasets = config["datasets"]
     for name in config["run_datasets"]:
         if name not in datasets:
@@ -142,6 +179,13 @@ def _semantic_problems(config: Mapping[str, Any]) -> Iterable[str]:
                 )
         elif "synthetic" in ds:
             yield f"config key '{prefix}.synthetic': only valid with source 'synthetic'"
+        if ds["source"] == "rehearsal":
+            if "rehearsal" not in ds:
+                yield f"config '{prefix}': source 'rehearsal' needs a 'rehearsal' block (settings of the generator)"
+            if config["model"]["mode"] != "frozen" and name in config["run_datasets"]:
+                yield f"config key 'model.mode': the rehearsal dataset '{name}' has embeddings only: use frozen"
+        elif "rehearsal" in ds:
+            yield f"config key '{prefix}.rehearsal': only valid with source 'rehearsal'"
 
 
 def load_config(paths: Iterable[str | Path]) -> dict[str, Any]:
@@ -170,3 +214,48 @@ def stable_hash(obj: Any, length: int = 12) -> str:
     """Short hash of a JSON-serialisable object, independent of key order."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:length]
+
+
+VARIANT_BLOCKS = ("partition", "federated", "model", "methods")
+
+
+def apply_overlay(config: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of `config` with `overlay` ({dotted.key: value}) applied; a mapping value merges."""
+    result = copy.deepcopy(dict(config))
+    for key, value in overlay.items():
+        parts = key.split(".")
+        target = result
+        for part in parts[:-1]:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"variant key '{key}': '{part}' is not a mapping")
+        leaf = parts[-1]
+        if isinstance(value, Mapping) and isinstance(target.get(leaf), dict):
+            deep_update(target[leaf], value)
+        else:
+            target[leaf] = copy.deepcopy(value)
+    return result
+
+
+def variant_configs(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """name -> the validated config of each variant, `default` (the config itself) first."""
+    variants = {"default": dict(config)}
+    for name, overlay in config["experiment"]["variants"].items():
+        variants[name] = validate_config(apply_overlay(config, overlay), check_variants=False)
+    return variants
+
+
+def _variant_problems(config: Mapping[str, Any]) -> Iterable[str]:
+    for name, overlay in config["experiment"]["variants"].items():
+        bad = [k for k in overlay if k.split(".")[0] not in VARIANT_BLOCKS]
+        if bad:
+            yield (
+                f"config key 'experiment.variants.{name}': {', '.join(map(repr, bad))} cannot vary "
+                f"(a variant overlays only {', '.join(VARIANT_BLOCKS)})"
+            )
+            continue
+        try:
+            validate_config(apply_overlay(config, overlay), check_variants=False)
+        except ConfigError as exc:
+            detail = str(exc).removeprefix("invalid configuration:\n  - ").replace("\n  - ", "; ")
+            yield f"config key 'experiment.variants.{name}': the overlaid config is invalid: {detail}"

@@ -43,3 +43,22 @@ def compute_embeddings(
         chunk = torch.from_numpy(np.array(inputs[start : start + batch])).to(device)
         out[start : start + len(chunk)] = backbone(chunk).float().cpu().numpy()
     return out
+
+
+def write_embeddings(
+    features: str | Path, modality: str, fold: int | None, settings: Mapping[str, Any],
+    out: str | Path, log=print,
+) -> np.ndarray:  # fmt: skip
+    """The embed stage: compute on the job's GPU slot (or the CPU) and save as .npy."""
+    from avfl.gpu import slot_for
+    from avfl.train import choose_device
+
+    torch.manual_seed(0)
+    with slot_for(settings["device"]):
+        device = choose_device(settings["device"], log)
+        emb = compute_embeddings(
+            Path(features), modality, settings["spec"], settings["extract"], fold, device
+        )
+    np.save(out, emb)
+    log(f"{modality} embeddings {emb.shape} on {device}")
+    return emb

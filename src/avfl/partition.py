@@ -23,18 +23,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from avfl.data.manifest import STATUS_OK, ManifestRow
+from avfl.errors import UserError
 
 # Rates stored explicitly in every partition file (any other rate follows from the order).
 STORED_RATES = tuple(round(0.1 * k, 1) for k in range(11))
 FORMAT_VERSION = 1
 
 
-class PartitionError(ValueError):
+class PartitionError(UserError, ValueError):
     """The requested partition cannot be made; the message says which numbers to change."""
 
 
@@ -234,3 +236,30 @@ def summarise_stats(stats: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, f
             "max": round(float(values.max()), 3),
         }
     return summary
+
+
+def write_partition(
+    manifest: str | Path, out: str | Path, *, dataset: str, fold: int, seed: int,
+    settings: Mapping[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """The partition stage: `out` (JSON), and beside it `<stem>_stats.tsv` (per client) and
+    `<stem>_heatmap.png` (label distribution across clients)."""
+    from avfl.data.manifest import read_manifest
+    from avfl.records import write_json
+    from avfl.report.partition_plot import plot_label_heatmap
+
+    out = Path(out)
+    rows = read_manifest(manifest)
+    record = build_partition(rows, dataset=dataset, fold=fold, seed=seed, settings=settings)
+    stats = partition_stats(record, rows)
+    record["stats"] = summarise_stats(stats)
+    write_json(out, record)
+    stem = out.with_suffix("")
+    with open(f"{stem}_stats.tsv", "w") as handle:
+        handle.write("\t".join(stats[0]) + "\n")
+        handle.writelines("\t".join(str(v) for v in row.values()) + "\n" for row in stats)
+    client_labels, n_classes = partition_labels(record, rows)
+    counts = np.stack([np.bincount(labels, minlength=n_classes) for labels in client_labels])
+    title = f"{dataset}, fold {fold}, seed {seed}: Dirichlet alpha={settings['alpha']}"
+    plot_label_heatmap(counts, record["classes"], title, f"{stem}_heatmap.png")
+    return record

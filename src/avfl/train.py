@@ -1,4 +1,11 @@
-"""One training run: (dataset, fold, method, rate, seed) -> metrics.json and model.pt.
+"""Training jobs: one or several runs of a method on one (dataset, fold) -> per-run records.
+
+A job is what one workflow rule runs: the runs (rate, seed) of one method with one set of
+settings on one fold. They share the fold's features in memory and train together (their
+rounds in lockstep, fl/batch.py); each lands in its own run directory with its own
+`metrics.json` and `model.pt`, identical to training it alone. A run that finishes is also
+kept under its checkpoint folder until the whole job has succeeded, so a rerun after a
+failure or an interruption restores finished runs and resumes the others.
 
 The run record holds everything a report needs, and the configuration and library
 versions that produced it. Reports read only these files.
@@ -11,10 +18,11 @@ import os
 import platform
 import resource
 import shutil
+import threading
 import time
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,49 +30,82 @@ import numpy as np
 import torch
 
 import avfl
-from avfl.config import stable_hash
+from avfl import health
 from avfl.data.manifest import STATUS_OK, read_manifest
+from avfl.errors import UserError
 from avfl.evaluate import evaluate
-from avfl.fl.data import build_federated_data
-from avfl.fl.engine import TrainSettings, derive_seed
+from avfl.fl.batch import run_batch
+from avfl.fl.data import FederatedData, build_federated_data, label_tensor
+from avfl.fl.types import TrainSettings, derive_seed
 from avfl.methods import get_method
-from avfl.methods.base import RunContext
+from avfl.methods.context import MethodResult, RunContext
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone
-from avfl.models.heads import AVModel
+from avfl.models.heads import AVModel, feature_stats
 from avfl.records import write_json
 
-RUN_FORMAT_VERSION = 1
+RUN_FORMAT_VERSION = 2
+# The runs of a job build their models in their own threads; PyTorch's initialisers draw from
+# the one global generator, so seeding and building must not interleave between runs.
+_GLOBAL_RNG = threading.Lock()
 
 
 @dataclass(frozen=True)
 class RunSpec:
+    """One run of a job."""
+
+    rate: float | None
+    seed: int
+    out: Path  # run directory
+    partition: Path  # partition JSON
+    consumes: Mapping[str, Path] = field(default_factory=dict)  # method -> its run directory
+    reference: Path | None = None  # the centralised reference's metrics.json (health guard)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Runs of one method, with one set of effective settings, on one (dataset, fold)."""
+
     dataset: str
     fold: int
     method: str
-    rate: float | None
-    seed: int
-    partition: Path  # partition JSON
-    features: Path  # extraction outputs (manifest, arrays, norm stats)
-    out: Path  # run directory
-    settings: Mapping[str, Any]  # {"model", "federated", "extract", "method"}
+    settings: Mapping[
+        str, Any
+    ]  # {"model", "federated", "partition", "extract", "method", "consumes"}
+    features: Path  # extraction outputs (manifest, norm stats, arrays)
+    runs: Sequence[RunSpec]
+    config_hash: str = ""
+    variant: str = "default"
     embeddings: tuple[Path, Path] | None = None  # (audio, visual) in frozen mode
-    phase1: Path | None = None  # run directory of the method this one consumes
+    consumed_hashes: Mapping[str, str] = field(
+        default_factory=dict
+    )  # method -> expected config hash
+    health: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, text: str) -> Job:
+        raw = json.loads(text)
+        runs = [
+            RunSpec(
+                rate=r["rate"], seed=r["seed"], out=Path(r["out"]), partition=Path(r["partition"]),
+                consumes={m: Path(p) for m, p in r.get("consumes", {}).items()},
+                reference=Path(r["reference"]) if r.get("reference") else None,
+            )
+            for r in raw["runs"]
+        ]  # fmt: skip
+        emb = raw.get("embeddings")
+        return cls(
+            dataset=raw["dataset"], fold=raw["fold"], method=raw["method"], settings=raw["settings"],
+            features=Path(raw["features"]), runs=runs, config_hash=raw.get("config_hash", ""),
+            variant=raw.get("variant", "default"),
+            embeddings=(Path(emb["audio"]), Path(emb["visual"])) if emb else None,
+            consumed_hashes=raw.get("consumed_hashes", {}), health=raw.get("health", {}),
+        )  # fmt: skip
 
 
-def shared_hash(spec: RunSpec) -> str:
-    """Hash of what every method's run shares (used to check a consumed phase-1 result)."""
-    s = spec.settings
-    return stable_hash(
-        {
-            "dataset": spec.dataset,
-            "fold": spec.fold,
-            "rate": spec.rate,
-            "seed": spec.seed,
-            "model": s["model"],
-            "federated": s["federated"],
-            "extract": s["extract"],
-        }
-    )
+def job_hash(settings: Mapping[str, Any]) -> str:
+    from avfl.config import stable_hash
+
+    return stable_hash(settings)
 
 
 def choose_device(requested: str, log: Callable[[str], None]) -> torch.device:
@@ -73,8 +114,8 @@ def choose_device(requested: str, log: Callable[[str], None]) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda")
     if requested == "cuda":
-        raise RuntimeError(
-            "device: cuda was requested but no CUDA device is visible (check CUDA_VISIBLE_DEVICES)"
+        raise UserError(
+            "device: cuda was requested but no CUDA device is visible (check CUDA_VISIBLE_DEVICES, or set federated.device: auto)"
         )
     message = (
         "no CUDA device visible: training on the CPU (set federated.device: cpu to silence this)"
@@ -84,149 +125,251 @@ def choose_device(requested: str, log: Callable[[str], None]) -> torch.device:
     return torch.device("cpu")
 
 
-def _load_inputs(spec: RunSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen mode: the backbones' embeddings; fine-tuning: the stored fbank and frames."""
-    if spec.settings["model"]["mode"] == "frozen":
-        if spec.embeddings is None:
-            raise ValueError("frozen mode needs the backbone embeddings (run the embed rule)")
-        paths = spec.embeddings
+def train_settings(fed: Mapping[str, Any]) -> TrainSettings:
+    return TrainSettings(
+        local_epochs=fed["local_epochs"], batch_size=fed["batch_size"], lr=fed["client_lr"],
+        optimizer=fed["optimizer"], weight_decay=fed["weight_decay"], eval_every=fed["eval_every"],
+        selection=fed["selection"], checkpoint_every=fed["checkpoint_every"],
+        lockstep=fed.get("lockstep", True),
+    )  # fmt: skip
+
+
+@dataclass
+class _Fold:
+    """What every run of a job shares: the fold's inputs, on the device."""
+
+    audio: torch.Tensor
+    visual: torch.Tensor
+    labels: torch.Tensor
+    row_of: dict[str, int]
+    label_of: dict[str, int]
+    frames: dict[str, int]  # clip id -> valid fbank frames (fine-tuning statistics)
+
+
+def _load_fold(job: Job, device: torch.device) -> _Fold:
+    rows = [r for r in read_manifest(job.features / "manifest.tsv") if r.status == STATUS_OK]
+    frozen = job.settings["model"]["mode"] == "frozen"
+    if frozen:
+        if job.embeddings is None:
+            raise UserError("frozen mode needs the backbone embeddings (the embed rules make them)")
+        paths = job.embeddings
     else:
-        paths = (spec.features / "fbank.npy", spec.features / "frames.npy")
-    return torch.from_numpy(np.load(paths[0])), torch.from_numpy(np.load(paths[1]))
+        paths = (job.features / "fbank.npy", job.features / "frames.npy")
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"{path} not found: run the workflow's earlier stages first")
+    audio, visual = (torch.from_numpy(np.load(p)).to(device) for p in paths)
+    if audio.shape[0] != len(rows) or visual.shape[0] != len(rows):
+        raise UserError(
+            f"{paths[0]} ({audio.shape[0]} rows) and {paths[1]} ({visual.shape[0]} rows) do not match "
+            f"the {len(rows)} usable clips of {job.features / 'manifest.tsv'}: rerun the embed rules"
+        )
+    row_of, label_of = {r.clip_id: r.row for r in rows}, {r.clip_id: r.label for r in rows}
+    labels = label_tensor(row_of, label_of, audio.shape[0]).to(device)
+    return _Fold(audio, visual, labels, row_of, label_of, {r.clip_id: r.audio_frames for r in rows})
 
 
-def build_model(
-    spec: RunSpec, audio_dim: int, visual_dim: int, n_classes: int, norm: Mapping[str, float]
-) -> AVModel:
-    model_cfg = spec.settings["model"]
+def _training_fbank_stats(fold: _Fold, data: FederatedData) -> dict[str, float]:
+    """Fine-tuning mode: the fbank mean and std over the valid frames of the training clips only."""
+    idx = data.training_indices().cpu()
+    fbank = fold.audio[idx.to(fold.audio.device)].double()
+    valid = fbank.abs().sum(dim=-1) > 0
+    values = fbank[valid]
+    return {"mean": float(values.mean()), "std": float(values.std(unbiased=False))}
+
+
+def build_model(job: Job, fold: _Fold, data: FederatedData, seed: int) -> AVModel:
+    """The run's model: seeded initialisation, input statistics from its training clips only."""
+    model_cfg = job.settings["model"]
+    frozen = model_cfg["mode"] == "frozen"
     audio_backbone = visual_backbone = None
-    if model_cfg["mode"] == "finetune":
-        audio_backbone = build_audio_backbone(model_cfg["audio"], norm, spec.settings["extract"])
+    audio_dim, visual_dim = fold.audio.shape[-1], fold.visual.shape[-1]
+    if not frozen:
+        norm = _training_fbank_stats(fold, data)
+        audio_backbone = build_audio_backbone(model_cfg["audio"], norm, job.settings["extract"])
         visual_backbone = build_visual_backbone(model_cfg["visual"])
         audio_dim, visual_dim = audio_backbone.out_dim, visual_backbone.out_dim
-    torch.manual_seed(derive_seed(spec.seed, "init"))
-    return AVModel(
-        audio_dim,
-        visual_dim,
-        n_classes,
-        model_cfg["hidden_dim"],
-        model_cfg["dropout"],
-        audio_backbone,
-        visual_backbone,
-    )
+    torch.manual_seed(derive_seed(seed, "init"))
+    model = AVModel(
+        audio_dim, visual_dim, data.n_classes, model_cfg["hidden_dim"], model_cfg["dropout"],
+        audio_backbone, visual_backbone,
+    ).to(fold.audio.device)  # fmt: skip
+    if frozen and model_cfg["standardise"]:
+        train_idx = data.training_indices()
+        model.audio_input.set_stats(*feature_stats(fold.audio[train_idx]))
+        model.visual_input.set_stats(*feature_stats(fold.visual[train_idx]))
+    return model
 
 
-def run(
-    spec: RunSpec, log: Callable[[str], None] = print, stop_after: int | None = None
-) -> dict[str, Any]:
-    """Train, evaluate, and write `metrics.json` and `model.pt` into spec.out."""
-    started = time.perf_counter()
-    fed = spec.settings["federated"]
-    method = get_method(spec.method)
-    if method.uses_rate and spec.rate is None:
-        raise ValueError(f"method {spec.method} needs a video-missing rate")
-    spec.out.mkdir(parents=True, exist_ok=True)
-    device = choose_device(fed["device"], log)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    torch.use_deterministic_algorithms(device.type == "cpu", warn_only=True)
+def _load_consumed(job: Job, run: RunSpec, device: torch.device) -> dict[str, dict[str, Any]]:
+    consumed = {}
+    for name, directory in run.consumes.items():
+        path = Path(directory) / "model.pt"
+        if not path.exists():
+            raise UserError(f"{path} not found: run {name} first (the workflow does this)")
+        saved = torch.load(path, map_location=device, weights_only=True)
+        expected = job.consumed_hashes.get(name)
+        if expected and saved.get("config_hash") != expected:
+            raise UserError(
+                f"{path} was trained with other settings (config hash {saved.get('config_hash')}, "
+                f"expected {expected}): rerun {name}"
+            )
+        consumed[name] = saved
+    return consumed
 
-    rows = [r for r in read_manifest(spec.features / "manifest.tsv") if r.status == STATUS_OK]
-    norm = json.loads((spec.features / "norm_stats.json").read_text())["folds"][f"fold{spec.fold}"]
-    partition = json.loads(spec.partition.read_text())
-    audio, visual = _load_inputs(spec)
-    data = build_federated_data(
-        partition, {r.clip_id: r.row for r in rows}, {r.clip_id: r.label for r in rows}, audio, visual, spec.rate, device,
-    )  # fmt: skip
-    in_audio = audio.shape[-1] if spec.settings["model"]["mode"] == "frozen" else 0
-    in_visual = visual.shape[-1] if spec.settings["model"]["mode"] == "frozen" else 0
-    model = build_model(spec, in_audio, in_visual, data.n_classes, norm).to(device)
-    initial_state = {k: v.clone() for k, v in model.state_dict().items()}
 
-    phase1 = None
-    if method.requires:
-        phase1 = _load_phase1(spec, device)
-    train_cfg = TrainSettings(
-        local_epochs=fed["local_epochs"], batch_size=fed["batch_size"], lr=fed["client_lr"], optimizer=fed["optimizer"],
-        weight_decay=fed["weight_decay"], eval_every=fed["eval_every"], selection=fed["selection"],
-        checkpoint_every=fed["checkpoint_every"], seed=spec.seed,
-    )  # fmt: skip
-    # Checkpoints only serve to resume an interrupted run of *these* settings: keyed by the
-    # config hash (a rerun after a config change starts afresh) and removed once the run's
-    # record is written.
-    config_hash = stable_hash(
-        {"shared": shared_hash(spec), "method": spec.method, "settings": spec.settings["method"]}
-    )
-    checkpoints = spec.out / "checkpoints" / config_hash
-    checkpoints.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(
-        data=data, model=model, initial_state=initial_state, train=train_cfg, federated=fed,
-        settings=spec.settings["method"], checkpoint_dir=checkpoints, rate=spec.rate,
-        log=log, phase1=phase1, stop_after=stop_after,
-    )  # fmt: skip
-    result = method.run(ctx)
-
-    result.model.load_state_dict({**result.model.state_dict(), **result.audio_state})
-    test = evaluate(result.model, data, data.test, "audio")
+def _record(job: Job, run: RunSpec, data: FederatedData, result: MethodResult, device: torch.device,
+            partition: Mapping[str, Any], consumed: Mapping[str, Any], started: float) -> dict[str, Any]:  # fmt: skip
+    model = result.model
+    tests: dict[str, dict[str, Any]] = {}
+    for kind, state in result.evaluate.items():
+        model.load_state_dict({**model.state_dict(), **state})
+        tests[kind] = evaluate(model, data, data.test, kind)
+    tests |= result.metrics
+    phases = result.phases
+    budget = {
+        "client_trainings": sum(p.client_updates for p in phases.values()),
+        "local_steps": sum(p.local_steps for p in phases.values()),
+    }
+    total = dict(budget)
+    for saved in consumed.values():
+        for key, value in saved.get("budget", {}).get("total", {}).items():
+            total[key] = total.get(key, 0) + value
     record: dict[str, Any] = {
         "format_version": RUN_FORMAT_VERSION,
-        "dataset": spec.dataset,
-        "fold": spec.fold,
-        "method": spec.method,
-        "rate": spec.rate,
-        "seed": spec.seed,
-        "config_hash": config_hash,
-        "shared_hash": shared_hash(spec),
-        "config": {k: spec.settings[k] for k in ("model", "federated", "extract", "method")},
-        "partition": {
-            "file": str(spec.partition),
-            "seed": partition["seed"],
-            "n_clients": len(partition["clients"]),
-        },
+        "dataset": job.dataset, "variant": job.variant, "fold": job.fold, "method": job.method,
+        "role": get_method(job.method).role, "rate": run.rate, "seed": run.seed,
+        "config_hash": job.config_hash, "batch_size": len(job.runs),
+        "config": job.settings,
+        "consumed": {m: {"dir": str(run.consumes[m]), "config_hash": consumed[m].get("config_hash")} for m in consumed},
+        "partition": {"file": str(run.partition), "seed": partition["seed"], "n_clients": len(partition["clients"])},
         "audio_only_clients": sorted(data.audio_only),
-        "versions": versions(),
-        "device": _device_name(device),
-        "rounds": {name: p.rounds for name, p in result.phases.items()},
-        "resumed_from": {
-            name: p.resumed_from for name, p in result.phases.items() if p.resumed_from
-        },
-        "selected_round": {name: p.selected_round for name, p in result.phases.items()},
-        "dev_curve": {name: p.dev_curve for name, p in result.phases.items()},
-        "test": test,
+        "versions": versions(), "device": _device_name(device),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "rounds": {name: p.rounds for name, p in phases.items()},
+        "resumed_from": {name: p.resumed_from for name, p in phases.items() if p.resumed_from},
+        "selected_round": {name: p.selected_round for name, p in phases.items()},
+        "dev_curve": {name: p.dev_curve for name, p in phases.items()},
+        "budget": {"own": budget, "total": total},
+        "test": tests.pop("audio"),
+        "test_by_model": tests,
         "classes": data.class_names,
-    }
-    if "av_state" in result.extra:
-        result.model.load_state_dict(result.extra["av_state"])
-        av = evaluate(result.model, data, data.test, "av")
-        record["test_av"] = {k: av[k] for k in ("n", "top1", "top5", "macro_f1")}
-    last_phase = list(result.phases.values())[-1]
-    torch.save(
-        {
-            "selected": _cpu(result.audio_state),
-            "last": _cpu(last_phase.last_state),
-            "shared_hash": shared_hash(spec),
-        },
-        spec.out / "model.pt",
-    )
+    }  # fmt: skip
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     record["peak_memory_mb"] = _peak_memory_mb(device)
-    write_json(spec.out / "metrics.json", record)
-    shutil.rmtree(spec.out / "checkpoints", ignore_errors=True)
     return record
 
 
-def _load_phase1(spec: RunSpec, device: torch.device) -> dict[str, Any]:
-    if spec.phase1 is None:
-        raise ValueError(f"{spec.method} consumes another method's result: pass its run directory")
-    path = spec.phase1 / "model.pt"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run that method first (the workflow does this)")
-    saved = torch.load(path, map_location=device, weights_only=True)
-    if saved["shared_hash"] != shared_hash(spec):
-        raise ValueError(
-            f"{path} was trained with other settings (dataset/fold/rate/seed/model/federated/extract differ): rerun it"
+def _model_file(job: Job, result: MethodResult, record: Mapping[str, Any]) -> dict[str, Any]:
+    states = {**result.saved, **{f"evaluated_{k}": v for k, v in result.evaluate.items()}}
+    return {
+        "config_hash": job.config_hash,
+        "states": {name: _cpu(state) for name, state in states.items()},
+        "budget": record["budget"],
+    }
+
+
+def _one_run(job: Job, run: RunSpec, fold: _Fold, device: torch.device, log: Callable[[str], None],
+             stop_after: int | None) -> Callable:  # fmt: skip
+    """The closure that trains and records one run (called with the phase runner)."""
+
+    def go(runner) -> dict[str, Any]:
+        started = time.perf_counter()
+        label = f"[r={run.rate} seed{run.seed}]"
+        say = lambda m: log(f"{label} {m}")  # noqa: E731
+        done = _done_dir(job, run)
+        if (done / "metrics.json").exists() and (done / "model.pt").exists():
+            say(f"finished earlier in this job: restored from {done}")
+            return _restore(done, run)
+        partition = json.loads(run.partition.read_text())
+        data = build_federated_data(
+            partition,
+            fold.row_of,
+            fold.label_of,
+            fold.audio,
+            fold.visual,
+            run.rate,
+            device,
+            fold.labels,
         )
-    return saved
+        spec = get_method(job.method)
+        if spec.uses_rate and run.rate is None:
+            raise UserError(f"method {job.method} needs a video-missing rate")
+        with _GLOBAL_RNG:
+            model = build_model(job, fold, data, run.seed)
+        consumed = _load_consumed(job, run, device)
+        checkpoints = run.out / "checkpoints" / job.config_hash
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        ctx = RunContext(
+            data=data, model=model, initial_state={k: v.clone() for k, v in model.state_dict().items()},
+            train=train_settings(job.settings["federated"]), federated=job.settings["federated"],
+            settings=job.settings["method"], seed=run.seed, runner=runner, checkpoint_dir=checkpoints,
+            rate=run.rate, log=say, consumed=consumed, stop_after=stop_after,
+        )  # fmt: skip
+        result = spec.run(ctx)
+        record = _record(job, run, data, result, device, partition, consumed, started)
+        reference = json.loads(run.reference.read_text()) if run.reference else None
+        record["health"] = health.check_run(record, reference, job.health, spec.objective_drifts)
+        for finding in record["health"]["findings"]:
+            say(f"warning: health: {finding['message']}")
+        files = _model_file(job, result, record)
+        for directory in (done, run.out):
+            directory.mkdir(parents=True, exist_ok=True)
+            torch.save(files, directory / "model.pt")
+            write_json(directory / "metrics.json", record)
+        return record
+
+    return go
+
+
+def _done_dir(job: Job, run: RunSpec) -> Path:
+    return run.out / "checkpoints" / job.config_hash / "done"
+
+
+def _restore(done: Path, run: RunSpec) -> dict[str, Any]:
+    run.out.mkdir(parents=True, exist_ok=True)
+    for name in ("model.pt", "metrics.json"):
+        shutil.copyfile(done / name, run.out / name)
+    return json.loads((run.out / "metrics.json").read_text())
+
+
+def run_job(
+    job: Job, log: Callable[[str], None] = print, threads: int | None = None,
+    stop_after: int | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Train every run of the job; returns their records. Raises if any run failed (the
+    finished ones are written and kept for the rerun) or, with `health.fatal`, if any run
+    did not learn."""
+    if threads:
+        torch.set_num_threads(threads)
+    device = choose_device(job.settings["federated"]["device"], log)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    fold = _load_fold(job, device)
+    outcomes = run_batch([_one_run(job, run, fold, device, log, stop_after) for run in job.runs])
+    failed = [
+        (run, o) for run, o in zip(job.runs, outcomes, strict=True) if isinstance(o, BaseException)
+    ]
+    for run, error in failed:
+        log(f"[r={run.rate} seed{run.seed}] failed: {type(error).__name__}: {error}")
+    if failed:
+        first = failed[0][1]
+        if len(failed) == 1 or not isinstance(first, UserError):
+            raise first
+        raise UserError(f"{len(failed)} of {len(job.runs)} runs failed; the first: {first}")
+    records = list(outcomes)
+    unhealthy = [r for r in records if not r["health"]["ok"]]
+    if unhealthy and job.health.get("fatal"):
+        lines = [
+            f"  {r['method']} r={r['rate']} seed{r['seed']}: {f['message']}"
+            for r in unhealthy
+            for f in r["health"]["findings"]
+        ]
+        raise UserError("health.fatal is set and runs did not learn:\n" + "\n".join(lines))
+    for run in job.runs:
+        shutil.rmtree(run.out / "checkpoints", ignore_errors=True)
+    return records
 
 
 def versions() -> dict[str, str]:

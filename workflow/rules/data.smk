@@ -1,11 +1,11 @@
-# Raw data (generated or imported in UCF101 layout) and feature extraction.
+# Raw data (generated, downloaded, or linked from a copy in UCF101 layout) and feature extraction.
 
 
 rule generate_synthetic:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
     params:
-        settings=lambda w: stage_settings(w.dataset, "synthetic"),
+        settings=lambda w: json.dumps(DATASETS[w.dataset]["synthetic"], sort_keys=True),
     wildcard_constraints:
         dataset=one_of(datasets_from("synthetic")),
     log:
@@ -40,6 +40,24 @@ rule import_source_dir:
         "python -m avfl import-layout --source {params.source:q} --out {output} 2> {log}"
 
 
+rule import_cremad:
+    output:
+        directory(f"{DATA}/raw/{{dataset}}"),
+    params:
+        source=lambda w: DATASETS[w.dataset]["source_dir"],
+    wildcard_constraints:
+        dataset=one_of(datasets_from("cremad")),
+    log:
+        "results/logs/{dataset}/import.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+    conda:
+        ENV
+    shell:
+        "python -m avfl import-cremad --source {params.source:q} --out {output} 2> {log}"
+
+
 rule download_ucf101:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
@@ -65,7 +83,7 @@ rule download_activitynet:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
     params:
-        settings=lambda w: activitynet_settings(w.dataset),
+        settings=lambda w: json.dumps({**DATASETS[w.dataset]["download"], "source_dir": DATASETS[w.dataset].get("source_dir")}, sort_keys=True),
         downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
     wildcard_constraints:
         dataset=one_of(datasets_from("activitynet")),
@@ -91,13 +109,15 @@ rule extract_features:
         fbank=f"{DATA}/features/{{dataset}}/fbank.npy",
         norm_stats=f"{DATA}/features/{{dataset}}/norm_stats.json",
     params:
-        settings=lambda w: stage_settings(w.dataset, "extract"),
+        settings=lambda w: json.dumps(DATASETS[w.dataset]["extract"], sort_keys=True),
         out=lambda w, output: os.path.dirname(output.manifest),
+    wildcard_constraints:
+        dataset=one_of([d for d in DATASETS if DATASETS[d]["source"] != "rehearsal"]),
     log:
         "results/logs/{dataset}/extract.log",
     benchmark:
         "results/benchmarks/{dataset}/extract.tsv"
-    threads: 8
+    threads: min(8, workflow.cores)
     resources:
         mem_mb=4000,
     conda:
@@ -105,3 +125,31 @@ rule extract_features:
     shell:
         "python -m avfl extract --raw {input.raw} --out {params.out} "
         "--settings {params.settings:q} --threads {threads} 2> {log}"
+
+
+for _name in datasets_from("rehearsal"):
+
+    rule:
+        name:
+            f"generate_rehearsal_{_name}"
+        output:
+            manifest=f"{DATA}/features/{_name}/manifest.tsv",
+            norm_stats=f"{DATA}/features/{_name}/norm_stats.json",
+            embeddings=rehearsal_embeddings(_name),
+        params:
+            settings=json.dumps({"extract": DATASETS[_name]["extract"], **DATASETS[_name]["rehearsal"]}, sort_keys=True),
+            features=lambda w, output: os.path.dirname(output.manifest),
+            embeddings=lambda w, output: os.path.commonpath(list(output.embeddings)),
+            backbones=f"--audio-backbone {config['model']['audio']['backbone']} --visual-backbone {config['model']['visual']['backbone']}",
+        log:
+            f"results/logs/{_name}/generate.log",
+        benchmark:
+            f"results/benchmarks/{_name}/generate.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+        conda:
+            ENV
+        shell:
+            "python -m avfl generate-rehearsal --settings {params.settings:q} {params.backbones} "
+            "--features {params.features} --embeddings {params.embeddings} 2> {log}"

@@ -5,16 +5,13 @@ rule partition:
     input:
         manifest=f"{DATA}/features/{{dataset}}/manifest.tsv",
     output:
-        json="results/{dataset}/partition/fold{fold}_seed{seed}.json",
-        stats="results/{dataset}/partition/fold{fold}_seed{seed}_stats.tsv",
-        heatmap="results/{dataset}/partition/fold{fold}_seed{seed}_heatmap.png",
+        json="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}.json",
+        stats="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}_stats.tsv",
+        heatmap="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}_heatmap.png",
     params:
-        settings=lambda w: json.dumps(config["partition"], sort_keys=True),
-    wildcard_constraints:
-        fold=r"\d+",
-        seed=r"\d+",
+        settings=lambda w: PLAN.partition_settings(w.dataset, w.variant),
     log:
-        "results/logs/{dataset}/partition_fold{fold}_seed{seed}.log",
+        "results/logs/{dataset}/partition_{variant}_fold{fold}_seed{seed}.log",
     threads: 1
     resources:
         mem_mb=1000,
@@ -23,4 +20,4 @@ rule partition:
     shell:
         "python -m avfl partition --manifest {input.manifest} --dataset {wildcards.dataset} "
         "--fold {wildcards.fold} --seed {wildcards.seed} --settings {params.settings:q} "
-        "--out {output.json} --stats {output.stats} --heatmap {output.heatmap} 2> {log}"
+        "--out {output.json} 2> {log}"

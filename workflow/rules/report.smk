@@ -1,13 +1,17 @@
-# Run table per dataset, and the paper's Table 1 and Figures 2 and 3, from metrics.json only.
+# The experiment's run table, Table 1, Figures 2 and 3 and the ablation table, from the runs'
+# metrics.json only, under results/report/<experiment name>/.
+
+REPORT = PLAN.report_dir()
+REPORT_FILES = PLAN.report_files()
 
 
 rule collect:
     input:
-        lambda w: run_targets(w.dataset),
+        PLAN.report_runs(),
     output:
-        "results/{dataset}/runs.csv",
+        f"{REPORT}/runs.csv",
     log:
-        "results/logs/{dataset}/collect.log",
+        f"results/logs/report/{PLAN.name}/collect.log",
     threads: 1
     resources:
         mem_mb=500,
@@ -19,22 +23,28 @@ rule collect:
 
 rule report:
     input:
-        [f for name in RUN for f in run_targets(name)],
+        PLAN.report_runs(),
     output:
-        table1_csv=report(REPORT_FILES["table1"][0], caption="../report/table1.rst", category="Table 1"),
-        table1_md=REPORT_FILES["table1"][1],
-        table1_tex=REPORT_FILES["table1"][2],
-        fig2_pdf=REPORT_FILES["fig2"][0],
-        fig2_svg=report(REPORT_FILES["fig2"][1], caption="../report/fig2.rst", category="Figure 2"),
-        fig2_png=REPORT_FILES["fig2"][2],
-        fig3_pdf=REPORT_FILES["fig3"][0],
-        fig3_svg=report(REPORT_FILES["fig3"][1], caption="../report/fig3.rst", category="Figure 3"),
-        fig3_png=REPORT_FILES["fig3"][2],
+        table1=[
+            report(REPORT_FILES["table1"][0], caption="../report/table1.rst", category="Table 1"),
+            *REPORT_FILES["table1"][1:],
+        ],
+        fig2=[
+            REPORT_FILES["fig2"][0],
+            report(REPORT_FILES["fig2"][1], caption="../report/fig2.rst", category="Figure 2"),
+            REPORT_FILES["fig2"][2],
+        ],
+        fig3=[
+            REPORT_FILES["fig3"][0],
+            report(REPORT_FILES["fig3"][1], caption="../report/fig3.rst", category="Figure 3"),
+            REPORT_FILES["fig3"][2],
+        ],
+        extra=[f for key, files in REPORT_FILES.items() if key not in ("table1", "fig2", "fig3") for f in files],
     params:
-        settings=report_settings(),
-        out=lambda w, output: os.path.dirname(output.table1_csv),
+        settings=PLAN.report_settings(),
+        out=lambda w, output: os.path.dirname(output.table1[0]),
     log:
-        "results/logs/report.log",
+        f"results/logs/report/{PLAN.name}/report.log",
     threads: 1
     resources:
         mem_mb=2000,

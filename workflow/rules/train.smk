@@ -1,4 +1,4 @@
-# Frozen-backbone embeddings and federated training of every method.
+# Frozen-backbone embeddings, and the training jobs of every method, variant, fold and seed.
 
 
 rule embed_audio:
@@ -6,19 +6,19 @@ rule embed_audio:
         fbank=f"{DATA}/features/{{dataset}}/fbank.npy",
         norm_stats=f"{DATA}/features/{{dataset}}/norm_stats.json",
     output:
-        f"{DATA}/embeddings/{{dataset}}/fold{{fold}}/audio_{{backbone}}.npy",
+        f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.npy",
     params:
-        settings=lambda w: embed_settings(w.dataset, "audio"),
+        settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "audio"),
         features=lambda w, input: os.path.dirname(input.fbank),
     wildcard_constraints:
-        fold=r"\d+",
+        dataset=one_of(datasets_from("synthetic", "ucf101", "activitynet", "cremad")),
     log:
-        "results/logs/{dataset}/embed_audio_{backbone}_fold{fold}.log",
+        "results/logs/{dataset}/embed_audio_{variant}_{backbone}_fold{fold}.log",
     benchmark:
-        "results/benchmarks/{dataset}/embed_audio_{backbone}_fold{fold}.tsv"
+        "results/benchmarks/{dataset}/embed_audio_{variant}_{backbone}_fold{fold}.tsv"
     threads: 2
     resources:
-        gpu=1,
+        gpu=lambda w: int(PLAN.needs_gpu(w.variant, "audio")),
         mem_mb=8000,
         runtime=60,
     conda:
@@ -32,17 +32,19 @@ rule embed_visual:
     input:
         frames=f"{DATA}/features/{{dataset}}/frames.npy",
     output:
-        f"{DATA}/embeddings/{{dataset}}/visual_{{backbone}}.npy",
+        f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.npy",
     params:
-        settings=lambda w: embed_settings(w.dataset, "visual"),
+        settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "visual"),
         features=lambda w, input: os.path.dirname(input.frames),
+    wildcard_constraints:
+        dataset=one_of(datasets_from("synthetic", "ucf101", "activitynet", "cremad")),
     log:
-        "results/logs/{dataset}/embed_visual_{backbone}.log",
+        "results/logs/{dataset}/embed_visual_{variant}_{backbone}.log",
     benchmark:
-        "results/benchmarks/{dataset}/embed_visual_{backbone}.tsv"
+        "results/benchmarks/{dataset}/embed_visual_{variant}_{backbone}.tsv"
     threads: 2
     resources:
-        gpu=1,
+        gpu=lambda w: int(PLAN.needs_gpu(w.variant, "visual")),
         mem_mb=8000,
         runtime=60,
     conda:
@@ -52,66 +54,33 @@ rule embed_visual:
         "--settings {params.settings:q} --out {output} 2> {log}"
 
 
-rule train:
-    input:
-        unpack(train_inputs),
-    output:
-        metrics="results/{dataset}/runs/fold{fold}/{method}/r{rate}/seed{seed}/metrics.json",
-        model="results/{dataset}/runs/fold{fold}/{method}/r{rate}/seed{seed}/model.pt",
-    params:
-        settings=lambda w: train_settings(w.dataset, w.method),
-        extra=train_extra_args,
-        out=lambda w, output: os.path.dirname(output.metrics),
-    wildcard_constraints:
-        method=one_of(RATE_METHODS),
-        fold=r"\d+",
-        seed=r"\d+",
-        rate=r"[0-9.]+",
-    log:
-        "results/logs/{dataset}/train/fold{fold}_{method}_r{rate}_seed{seed}.log",
-    benchmark:
-        "results/benchmarks/{dataset}/train/fold{fold}_{method}_r{rate}_seed{seed}.tsv"
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=240,
-    conda:
-        ENV
-    shell:
-        "python -m avfl train --dataset {wildcards.dataset} --fold {wildcards.fold} "
-        "--method {wildcards.method} --rate {wildcards.rate} --seed {wildcards.seed} "
-        "--threads {threads} {params.extra} --settings {params.settings:q} "
-        "--out {params.out} 2> {log}"
+# One rule per training job (runs of one method and settings on one fold, see avfl.plan):
+# a job's outputs are exactly its runs' records, so Snakemake reruns a job when one of its
+# runs is missing or its settings change, and nothing else.
+for _job in PLAN.jobs:
 
-
-rule train_rate_free:
-    input:
-        unpack(train_inputs),
-    output:
-        metrics="results/{dataset}/runs/fold{fold}/{method}/seed{seed}/metrics.json",
-        model="results/{dataset}/runs/fold{fold}/{method}/seed{seed}/model.pt",
-    params:
-        settings=lambda w: train_settings(w.dataset, w.method),
-        extra=train_extra_args,
-        out=lambda w, output: os.path.dirname(output.metrics),
-    wildcard_constraints:
-        method=one_of(RATE_FREE_METHODS),
-        fold=r"\d+",
-        seed=r"\d+",
-    log:
-        "results/logs/{dataset}/train/fold{fold}_{method}_seed{seed}.log",
-    benchmark:
-        "results/benchmarks/{dataset}/train/fold{fold}_{method}_seed{seed}.tsv"
-    threads: 1
-    resources:
-        gpu=1,
-        mem_mb=4000,
-        runtime=240,
-    conda:
-        ENV
-    shell:
-        "python -m avfl train --dataset {wildcards.dataset} --fold {wildcards.fold} "
-        "--method {wildcards.method} --seed {wildcards.seed} "
-        "--threads {threads} {params.extra} --settings {params.settings:q} "
-        "--out {params.out} 2> {log}"
+    rule:
+        name:
+            _job.name
+        input:
+            _job.inputs,
+        output:
+            metrics=[run.metrics for run in _job.runs],
+            models=[run.model for run in _job.runs],
+        params:
+            job=_job.spec(),
+        log:
+            f"results/logs/{_job.dataset}/train/{_job.name}.log",
+        benchmark:
+            f"results/benchmarks/{_job.dataset}/train/{_job.name}.tsv"
+        group:
+            "train"
+        threads: 1
+        resources:
+            gpu=int(_job.gpu),
+            mem_mb=2000 + 500 * len(_job.runs),
+            runtime=240,
+        conda:
+            ENV
+        shell:
+            "python -m avfl train --job {params.job:q} --threads {threads} 2> {log}"

@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from avfl.errors import UserError
 
-class DownloadError(RuntimeError):
+
+class DownloadError(UserError, RuntimeError):
     """A file could not be fetched; the message names the file, the URLs and what to do."""
 
 
@@ -36,7 +38,7 @@ class ChecksumError(DownloadError):
     """The fetched file is not the pinned one; it was moved aside."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(UserError, ValueError):
     """An archive member would be written outside the target folder."""
 
 

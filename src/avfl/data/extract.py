@@ -1,7 +1,9 @@
 """Extraction stage: one code path for every dataset in UCF101 layout.
 
 For each listed clip: the middle frame (seeked, resized and centre-cropped for the visual
-backbone) and the SSAST log-mel fbank of its first seconds of audio. Output per dataset:
+backbone) and the SSAST log-mel fbank of its first seconds of audio. The audio comes from a
+sidecar `<video stem>.wav` beside the video when there is one (CREMA-D ships its audio as
+separate WAVs, which the literature uses), else from the video file. Output per dataset:
 
 - manifest.tsv   every listed clip with its status and, if left out, the reason;
 - frames.npy     (M, S, S, 3) uint8, one row per usable clip;
@@ -42,10 +44,12 @@ __all__ = [
     "extract_clip",
     "extract_dataset",
     "norm_stats",
+    "sidecar_audio",
     "summarise",
 ]
 
 OUTPUT_FILES = ("manifest.tsv", "frames.npy", "fbank.npy", "norm_stats.json")
+SIDECAR_AUDIO_SUFFIX = ".wav"
 
 
 @dataclass
@@ -72,6 +76,12 @@ def extract_clip(path: str, settings: Mapping[str, Any]) -> ClipResult:
         return ClipResult(STATUS_FAILED, f"unexpected error: {type(exc).__name__}: {exc}")
 
 
+def sidecar_audio(path: str) -> str | None:
+    """`<video stem>.wav` beside the video, if any (a dangling link counts: extraction reports it)."""
+    candidate = os.path.splitext(path)[0] + SIDECAR_AUDIO_SUFFIX
+    return candidate if candidate != path and os.path.lexists(candidate) else None
+
+
 def _extract_clip(path: str, settings: Mapping[str, Any]) -> ClipResult:
     if not os.path.exists(path):
         return ClipResult(STATUS_FAILED, "file not found")
@@ -83,6 +93,14 @@ def _extract_clip(path: str, settings: Mapping[str, Any]) -> ClipResult:
             has_audio = bool(probe.streams.audio)
     except av.error.FFmpegError as exc:
         return ClipResult(STATUS_FAILED, f"unreadable container: {exc}")
+    audio_path = sidecar_audio(path) or path
+    if audio_path != path:
+        try:
+            with av.open(audio_path) as probe:
+                has_audio = bool(probe.streams.audio)
+        except av.error.FFmpegError as exc:
+            reason = f"unreadable sidecar audio {os.path.basename(audio_path)}: {exc}"
+            return ClipResult(STATUS_FAILED, reason, has_video=has_video)
     result = ClipResult(STATUS_OK, "", has_audio=has_audio, has_video=has_video)
     if not has_video:
         result.status, result.reason = STATUS_FAILED, "no video stream"
@@ -97,7 +115,7 @@ def _extract_clip(path: str, settings: Mapping[str, Any]) -> ClipResult:
         result.status, result.reason = STATUS_DROPPED, "no audio stream"
         return result
     try:
-        decoded = audio.decode_audio(path, settings["audio_seconds"])
+        decoded = audio.decode_audio(audio_path, settings["audio_seconds"])
         result.sample_rate, result.channels = decoded.sample_rate, decoded.channels
         mono = audio.to_mono_resampled(
             decoded.samples, decoded.sample_rate, settings["sample_rate"]

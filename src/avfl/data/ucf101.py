@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avfl.errors import UserError
+
 VIDEO_DIR = "UCF-101"
 SPLIT_DIR = "ucfTrainTestlist"
 N_SPLITS = 3
@@ -20,7 +22,7 @@ GROUPS_PER_SPLIT = 7
 _NAME_RE = re.compile(r"^v_(?P<cls>[A-Za-z0-9]+)_g(?P<group>\d+)_c(?P<clip>\d+)\.[A-Za-z0-9]+$")
 
 
-class LayoutError(ValueError):
+class LayoutError(UserError, ValueError):
     """The dataset folder does not follow the UCF101 layout; the message names the file."""
 
 

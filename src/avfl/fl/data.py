@@ -8,7 +8,7 @@ Dataset or DataLoader is built, and nothing is copied per round.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -35,6 +35,22 @@ class FederatedData:
     def client_size(self, client: int) -> int:
         return int(self.clients[client].numel())
 
+    def training_indices(self) -> torch.Tensor:
+        """Every training sample of the federation (the union of the clients)."""
+        return torch.cat(self.clients)
+
+    def pooled(self) -> FederatedData:
+        """The same data with all training clients pooled into one (centralised training)."""
+        return replace(self, clients=[self.training_indices()], audio_only=frozenset())
+
+
+def label_tensor(row_of: Mapping[str, int], label_of: Mapping[str, int], n: int) -> torch.Tensor:
+    """Labels by feature row (-1 for rows without a clip)."""
+    labels = torch.full((n,), -1, dtype=torch.long)
+    for clip_id, row in row_of.items():
+        labels[row] = label_of[clip_id]
+    return labels
+
 
 def build_federated_data(
     partition: Mapping[str, Any],
@@ -44,15 +60,19 @@ def build_federated_data(
     visual: torch.Tensor,
     rate: float | None,
     device: torch.device,
+    labels: torch.Tensor | None = None,
 ) -> FederatedData:
-    """Index the partition's clip ids into the feature tensors and move everything to `device`."""
+    """Index the partition's clip ids into the feature tensors and move everything to `device`.
+
+    Runs that pass the same `audio`, `visual` and `labels` tensors (on the device) share
+    them, and their clients can train in one lockstep step.
+    """
 
     def index(ids: Sequence[str]) -> torch.Tensor:
         return torch.tensor([row_of[i] for i in ids], dtype=torch.long, device=device)
 
-    labels = torch.full((audio.shape[0],), -1, dtype=torch.long)
-    for clip_id, row in row_of.items():
-        labels[row] = label_of[clip_id]
+    if labels is None:
+        labels = label_tensor(row_of, label_of, audio.shape[0])
     audio_only = (
         frozenset()
         if rate is None

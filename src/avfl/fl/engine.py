@@ -1,118 +1,64 @@
-"""The federated round loop, shared by every method.
+"""The federated round loop, shared by every method and every run of a batch.
 
-A method is described as phases. A phase says which clients are eligible, how many are
-sampled per round, what each client trains (a Task: parameter groups and a loss) and by
-which metric the server selects the round to keep. The engine owns everything else:
-sampling, local training, aggregation, dev evaluation, checkpoints and resumption.
+A method is described as phases (fl/types.py). The engine owns everything else: sampling,
+local training, aggregation through the phase's server strategy, dev evaluation, model
+selection, checkpoints and resumption. `run_phases` advances any number of runs together,
+one round each per step, and trains all their clients of a round in lockstep where their
+tasks agree; a single run is a batch of one.
 
 Randomness is a pure function of (seed, phase, round, client): client sampling uses
-`default_rng([seed, phase, round])`, local training seeds torch with the same tuple plus the
-client. A run resumed from a checkpoint therefore gives exactly the uninterrupted result.
+`default_rng([seed, phase, round])`, a client's batch order and dropout noise a generator
+seeded with the same tuple plus the client. A run resumed from a checkpoint, or trained in
+another batch, therefore gives exactly the same result.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from avfl.evaluate import predict
-from avfl.fl.aggregate import Aggregator
 from avfl.fl.data import FederatedData
-from avfl.fl.optimizer import make_optimizer
-from avfl.fl.parallel import parallel_local_train, supports_parallel
-from avfl.models.heads import AVModel, group_of
+from avfl.fl.local import lockstep_key, train_rows
+from avfl.fl.server import FedAvgServer
+from avfl.fl.types import (
+    ClientUpdate,
+    Interrupted,
+    Phase,
+    PhaseContext,
+    PhaseResult,
+    Server,
+    Task,
+    TrainSettings,
+    derive_seed,
+)
 
-
-class Task(Protocol):
-    """What one client trains locally."""
-
-    name: str
-    groups: tuple[str, ...]  # parameter groups trained, and so sent to the server
-
-    def loss(
-        self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor: ...
-
-
-@dataclass
-class Phase:
-    name: str
-    clients: Sequence[int]  # eligible clients
-    task_of: Callable[[int], Task]
-    rounds: int
-    clients_per_round: int
-    select_by: str  # "audio" | "av" | "visual": the dev metric that picks the round kept
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
-class PhaseResult:
-    state: dict[str, torch.Tensor]  # the selected global state
-    last_state: dict[str, torch.Tensor]  # the global state after the last round
-    selected_round: int
-    dev_curve: list[dict[str, float]] = field(default_factory=list)
-    rounds: int = 0  # rounds of the phase in total (resumed or not)
-    resumed_from: int = 0
+class PhaseRun:
+    """One run's phase: what `run_phases` needs to advance it."""
 
-
-@dataclass
-class TrainSettings:
-    local_epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    weight_decay: float
-    eval_every: int
-    selection: str  # "best_dev" | "last"
-    checkpoint_every: int
+    phase: Phase
+    model: torch.nn.Module  # the run's model instance (also the structure its clients train)
+    initial_state: Mapping[str, torch.Tensor]
+    data: FederatedData
+    cfg: TrainSettings
     seed: int
-    # Train a round's clients in lockstep (fl/parallel.py) where the model allows it.
-    parallel: bool = True
+    checkpoint_dir: Path | None = None
+    log: Callable[[str], None] = print
+    stop_after: int | None = None  # end after this many rounds in total (tests simulate a kill)
 
 
-def derive_seed(*parts: int | str) -> int:
-    """A 63-bit seed from a tuple, stable across processes and Python versions."""
-    text = "/".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
-
-
-def trainable(model: AVModel, groups: Sequence[str]) -> list[torch.nn.Parameter]:
-    params = []
-    for name, param in model.named_parameters():
-        param.requires_grad_(group_of(name) in groups)
-        if param.requires_grad:
-            params.append(param)
-    return params
-
-
-def local_train(
-    model: AVModel, task: Task, indices: torch.Tensor, data: FederatedData, cfg: TrainSettings
-) -> None:
-    """Local epochs of minibatch training on one client's samples (indexing on the device)."""
-    params = trainable(model, task.groups)
-    if not params:
-        return
-    optimizer = make_optimizer(params, cfg)
-    model.train()
-    for _ in range(cfg.local_epochs):
-        order = indices[torch.randperm(indices.numel(), device="cpu").to(indices.device)]
-        for start in range(0, order.numel(), cfg.batch_size):
-            batch = order[start : start + cfg.batch_size]
-            loss = task.loss(model, data.audio[batch], data.visual[batch], data.labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-
-def dev_score(model: AVModel, data: FederatedData, metric: str) -> float:
+def dev_score(model: torch.nn.Module, data: FederatedData, metric: str) -> float:
     """Top-1 accuracy on the dev split of the audio, audio-visual or visual model."""
     if data.dev.numel() == 0:
         return float("nan")
@@ -126,123 +72,216 @@ def _save_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in state.items()}
+
+
+@dataclass
+class _Live:
+    """A run's phase in progress."""
+
+    run: PhaseRun
+    server: Server
+    state: dict[str, torch.Tensor]
+    metrics: tuple[str, ...]
+    structure: tuple[tuple[str, tuple[int, ...]], ...]  # what rows of one lockstep bucket share
+    best: dict[str, tuple[float, int, dict[str, torch.Tensor]]] = field(default_factory=dict)
+    curve: list[dict[str, float]] = field(default_factory=list)
+    round: int = 0
+    resumed_from: int = 0
+    losses: list[float] = field(default_factory=list)  # per round since the last evaluation
+    client_updates: int = 0
+    local_steps: int = 0
+    tic: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ckpt_path(self) -> Path | None:
+        d = self.run.checkpoint_dir
+        return d / f"{self.run.phase.name}.ckpt" if d is not None else None
+
+    @property
+    def done(self) -> bool:
+        return self.round >= self.run.phase.rounds
+
+    def checkpoint(self) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "state": self.state, "best": self.best, "curve": self.curve,
+            "round": self.round, "losses": self.losses, "server": self.server.state_dict(),
+            "client_updates": self.client_updates, "local_steps": self.local_steps,
+        }  # fmt: skip
+
+    def restore(self, saved: Mapping[str, Any]) -> None:
+        if saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{self.ckpt_path}: checkpoint of another format: delete it")
+        device = self.run.data.audio.device
+        move = lambda s: {k: v.to(device) for k, v in s.items()}  # noqa: E731
+        self.state = move(saved["state"])
+        self.best = {m: (score, rnd, move(s)) for m, (score, rnd, s) in saved["best"].items()}
+        self.curve, self.round, self.losses = saved["curve"], saved["round"], saved["losses"]
+        self.client_updates, self.local_steps = saved["client_updates"], saved["local_steps"]
+        self.server.load_state_dict(saved["server"])
+        self.resumed_from = self.round
+
+
+def _start(run: PhaseRun) -> _Live:
+    phase = run.phase
+    if not phase.clients:
+        raise RuntimeError(f"phase {phase.name}: no eligible clients")
+    make_server = phase.server or (lambda p, c: FedAvgServer(p, c))
+    server = make_server(phase, PhaseContext(run.data, run.model, run.seed, run.cfg))
+    metrics = (phase.select_by, *[m for m in phase.also_select if m != phase.select_by])
+    structure = tuple((n, tuple(v.shape)) for n, v in run.model.state_dict().items())
+    live = _Live(run, server, _copy(run.initial_state), metrics, structure)
+    path = live.ckpt_path
+    if path is not None and path.exists():
+        live.restore(torch.load(path, map_location="cpu", weights_only=False))
+        run.log(f"[{phase.name}] resumed from round {live.round}")
+    else:
+        live.state = live.server.start(live.state)
+        if phase.start_is_candidate:
+            _evaluate(live, first=True)
+    return live
+
+
+def _evaluate(live: _Live, first: bool = False) -> None:
+    """Dev scores of the current state; the state becomes the best of a metric if it beats it."""
+    run = live.run
+    run.model.load_state_dict(live.state)
+    point: dict[str, float] = {"round": live.round}
+    for metric in live.metrics:
+        score = dev_score(run.model, run.data, metric)
+        point[f"dev_{metric}_top1"] = round(score, 6)
+        best = live.best.get(metric)
+        if (
+            first
+            or run.cfg.selection == "last"
+            or best is None
+            or np.isnan(score)
+            or score > best[0]
+        ):
+            live.best[metric] = (score, live.round, _copy(live.state))
+    if live.losses:
+        point["train_loss"] = round(float(np.mean(live.losses)), 6)
+        live.losses = []
+    live.curve.append(point)
+    main = point[f"dev_{run.phase.select_by}_top1"]
+    loss = f" loss {point['train_loss']:.4f}" if "train_loss" in point else ""
+    run.log(
+        f"[{run.phase.name}] round {live.round}/{run.phase.rounds} dev {run.phase.select_by} "
+        f"top1 {main:.4f}{loss} ({time.perf_counter() - live.tic:.2f} s)"
+    )
+    live.tic = time.perf_counter()
+
+
+def _same_bucket(a: tuple[_Live, Task], b: tuple[_Live, Task]) -> bool:
+    (la, ta), (lb, tb) = a, b
+    ra, rb = la.run, lb.run
+    return (
+        lockstep_key(ta) == lockstep_key(tb)
+        and ra.cfg == rb.cfg
+        and ra.data.audio is rb.data.audio
+        and ra.data.visual is rb.data.visual
+        and ra.data.labels is rb.data.labels
+        and type(ra.model) is type(rb.model)
+        and la.structure == lb.structure
+    )
+
+
+def _train_round(active: Sequence[_Live]) -> None:
+    """One round of every active run: select, plan, train in lockstep buckets, aggregate."""
+    jobs: list[tuple[_Live, int, Task]] = []
+    for live in active:
+        run = live.run
+        rng = np.random.default_rng(derive_seed(run.seed, run.phase.name, live.round) % 2**63)
+        eligible = sorted(run.phase.clients)
+        sampled = live.server.select(live.round, rng, eligible, run.phase.clients_per_round)
+        tasks = live.server.plan(live.round, sampled, live.state)
+        jobs += [(live, client, tasks[client]) for client in sampled]
+    buckets: list[list[tuple[_Live, int, Task]]] = []
+    for job in jobs:
+        for bucket in buckets:
+            if _same_bucket((bucket[0][0], bucket[0][2]), (job[0], job[2])):
+                bucket.append(job)
+                break
+        else:
+            buckets.append([job])
+    updates: dict[int, list[ClientUpdate]] = {id(live): [] for live in active}
+    for bucket in buckets:
+        first = bucket[0][0].run
+        results = train_rows(
+            first.model,
+            [task for _, _, task in bucket],
+            [live.state for live, _, _ in bucket],
+            [live.run.data.clients[c] for live, c, _ in bucket],
+            [
+                derive_seed(live.run.seed, live.run.phase.name, live.round, c)
+                for live, c, _ in bucket
+            ],
+            first.data,
+            first.cfg,
+        )
+        for (live, client, task), result in zip(bucket, results, strict=True):
+            size = float(live.run.data.client_size(client))
+            updates[id(live)].append(ClientUpdate(client, task, result.state, size, result.loss))
+            live.local_steps += result.steps
+    for live in active:
+        received = sorted(updates[id(live)], key=lambda u: u.client)
+        live.state = live.server.aggregate(live.round, live.state, received)
+        live.client_updates += len(received)
+        total = sum(u.weight for u in received)
+        live.losses.append(
+            sum(u.loss * u.weight for u in received) / total if total else float("nan")
+        )
+        live.round += 1
+
+
+def run_phases(runs: Sequence[PhaseRun]) -> list[PhaseResult]:
+    """Run each run's phase to its end (resuming from checkpoints); runs advance together."""
+    lives = [_start(run) for run in runs]
+    while active := [live for live in lives if not live.done]:
+        _train_round(active)
+        for live in active:
+            run, done = live.run, live.round
+            last = done == run.phase.rounds
+            if done % run.cfg.eval_every == 0 or last:
+                _evaluate(live)
+            if live.ckpt_path is not None and (
+                done % run.cfg.checkpoint_every == 0 or last or done == run.stop_after
+            ):
+                _save_atomic(live.checkpoint(), live.ckpt_path)
+            if run.stop_after is not None and done >= run.stop_after and not last:
+                raise Interrupted(f"stopped after round {done}")
+    return [_result(live) for live in lives]
+
+
+def _result(live: _Live) -> PhaseResult:
+    phase = live.run.phase
+    _, selected_round, selected = live.best[phase.select_by]
+    return PhaseResult(
+        state=selected,
+        last_state=live.state,
+        selected_round=selected_round,
+        dev_curve=live.curve,
+        rounds=phase.rounds,
+        resumed_from=live.resumed_from,
+        also_selected={m: live.best[m][2] for m in phase.also_select},
+        client_updates=live.client_updates,
+        local_steps=live.local_steps,
+    )
+
+
 def run_phase(
     phase: Phase,
-    model: AVModel,
+    model: torch.nn.Module,
     initial_state: Mapping[str, torch.Tensor],
     data: FederatedData,
     cfg: TrainSettings,
+    seed: int,
     checkpoint_dir: Path | None = None,
     log: Callable[[str], None] = print,
     stop_after: int | None = None,
 ) -> PhaseResult:
-    """Run one phase; resumes from `checkpoint_dir/<phase>.ckpt` if present.
-
-    `stop_after` ends the call after that many rounds in total (a checkpoint is written
-    first): the tests use it to simulate an interruption.
-    """
-    ckpt_path = checkpoint_dir / f"{phase.name}.ckpt" if checkpoint_dir else None
-    state = {k: v.clone() for k, v in initial_state.items()}
-    best_state, best_score, best_round = copy.deepcopy(state), -float("inf"), 0
-    curve: list[dict[str, float]] = []
-    start_round = 0
-    if ckpt_path is not None and ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        state = {k: v.to(initial_state[k].device) for k, v in saved["state"].items()}
-        best_state = {k: v.to(initial_state[k].device) for k, v in saved["best_state"].items()}
-        best_score, best_round, curve, start_round = (
-            saved["best_score"],
-            saved["best_round"],
-            saved["curve"],
-            saved["round"],
-        )
-        log(f"[{phase.name}] resumed from round {start_round}")
-    eligible = sorted(phase.clients)
-    if not eligible:
-        raise RuntimeError(f"phase {phase.name}: no eligible clients")
-    parallel = cfg.parallel and supports_parallel(model)
-    for rnd in range(start_round, phase.rounds):
-        tic = time.perf_counter()
-        rng = np.random.default_rng(derive_seed(cfg.seed, phase.name, rnd) % 2**63)
-        k = min(phase.clients_per_round, len(eligible))
-        sampled = sorted(rng.choice(eligible, size=k, replace=False).tolist())
-        aggregator = Aggregator(state)
-        if parallel:
-            _train_round_parallel(phase, model, state, sampled, rnd, data, cfg, aggregator)
-        else:
-            for client in sampled:
-                model.load_state_dict(state)
-                torch.manual_seed(derive_seed(cfg.seed, phase.name, rnd, client))
-                task = phase.task_of(client)
-                local_train(model, task, data.clients[client], data, cfg)
-                aggregator.add(
-                    client, model.state_dict(), task.groups, float(data.client_size(client))
-                )
-        state = aggregator.result()
-        last = rnd + 1 == phase.rounds
-        if (rnd + 1) % cfg.eval_every == 0 or last:
-            model.load_state_dict(state)
-            score = dev_score(model, data, phase.select_by)
-            curve.append({"round": rnd + 1, f"dev_{phase.select_by}_top1": round(score, 6)})
-            if cfg.selection == "best_dev" and (np.isnan(score) or score > best_score):
-                best_state, best_score, best_round = copy.deepcopy(state), score, rnd + 1
-            log(
-                f"[{phase.name}] round {rnd + 1}/{phase.rounds} dev {phase.select_by} top1 {score:.4f} ({time.perf_counter() - tic:.2f} s)"
-            )
-        done = rnd + 1
-        if ckpt_path is not None and (
-            done % cfg.checkpoint_every == 0 or last or done == stop_after
-        ):
-            _save_atomic(
-                {
-                    "state": state,
-                    "best_state": best_state,
-                    "best_score": best_score,
-                    "best_round": best_round,
-                    "curve": curve,
-                    "round": done,
-                },
-                ckpt_path,
-            )
-        if stop_after is not None and done >= stop_after and not last:
-            raise Interrupted(f"stopped after round {done}")
-    selected = best_state if cfg.selection == "best_dev" else state
-    return PhaseResult(
-        state=selected,
-        last_state=state,
-        selected_round=best_round if cfg.selection == "best_dev" else phase.rounds,
-        dev_curve=curve,
-        rounds=phase.rounds,
-        resumed_from=start_round,
-    )
-
-
-def _train_round_parallel(phase, model, state, sampled, rnd, data, cfg, aggregator) -> None:
-    """Clients with the same task train in lockstep; each client's batch order has its own seed."""
-    buckets: list[tuple[Task, list[int]]] = []
-    for client in sampled:
-        task = phase.task_of(client)
-        for known, members in buckets:
-            if known == task:
-                members.append(client)
-                break
-        else:
-            buckets.append((task, [client]))
-    model.load_state_dict(state)
-    for number, (task, members) in enumerate(buckets):
-        torch.manual_seed(derive_seed(cfg.seed, phase.name, rnd, "parallel", number))  # dropout
-        seeds = [derive_seed(cfg.seed, phase.name, rnd, c) for c in members]
-        stacked = parallel_local_train(
-            model, task, state, [data.clients[c] for c in members], seeds, data, cfg
-        )
-        for i, client in enumerate(members):
-            aggregator.add(
-                client,
-                {n: v[i] for n, v in stacked.items()},
-                task.groups,
-                float(data.client_size(client)),
-            )
-
-
-class Interrupted(RuntimeError):
-    """Raised by `run_phase(stop_after=...)` to simulate a killed run."""
+    """One run's phase on its own (a batch of one)."""
+    return run_phases(
+        [PhaseRun(phase, model, initial_state, data, cfg, seed, checkpoint_dir, log, stop_after)]
+    )[0]

@@ -1,22 +1,53 @@
-"""The local optimizer, built one way for both training paths (one client at a time, and in lockstep).
+"""The local optimizer over stacked rows, laid out so that a row's update does not depend on
+its neighbours.
 
-Adam uses PyTorch's fused kernel (CPU and CUDA): one kernel per step for all parameters;
-SGD its multi-tensor (foreach) form.
+Rows of local training are stacked into one tensor per parameter, and PyTorch's fused
+Adam/SGD kernels compute a tensor's body with vector instructions and its last partial
+vector with scalar code, which need not round alike. A row whose elements fell in the tail
+in one batch and in the body in another would get different updates, so a run's numbers
+would depend on the runs it is batched with. Here each parameter lives in a flat buffer of
+shape (rows, padded) whose row length is a multiple of `ALIGN` elements: every row starts at
+the same vector lane and no tensor has a tail, so every element takes the same vector path
+whatever the batch. Padding elements have zero gradient and stay zero. Adam uses PyTorch's
+fused kernel (one pass per step), SGD its multi-tensor form.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+import math
+from collections.abc import Mapping
 
 import torch
 
-if TYPE_CHECKING:
-    from avfl.fl.engine import TrainSettings
+from avfl.fl.types import TrainSettings
+
+ALIGN = 64  # elements: a multiple of every vector width and unroll of the fused kernels
 
 
-def make_optimizer(params: Iterable[torch.Tensor], cfg: TrainSettings) -> torch.optim.Optimizer:
-    params = list(params)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+class RowOptimizer:
+    """Owns the stacked parameters: `params[name]` is a (rows, ...) view of a padded buffer."""
+
+    def __init__(self, stacked: Mapping[str, torch.Tensor], cfg: TrainSettings):
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.grads: dict[str, torch.Tensor] = {}
+        self.params: dict[str, torch.Tensor] = {}
+        for name, value in stacked.items():
+            rows, n = value.shape[0], value[0].numel()
+            padded = math.ceil(max(n, 1) / ALIGN) * ALIGN
+            buffer = torch.zeros(rows, padded, dtype=value.dtype, device=value.device)
+            buffer[:, :n] = value.reshape(rows, n)
+            self.buffers[name] = buffer
+            self.grads[name] = torch.zeros_like(buffer)
+            self.params[name] = buffer[:, :n].view(value.shape)
+            buffer.grad = self.grads[name]
+        kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
+        options = {"fused": True} if cfg.optimizer == "adam" else {"foreach": True}
+        self.optimizer = kind(
+            list(self.buffers.values()), lr=cfg.lr, weight_decay=cfg.weight_decay, **options
+        )
+
+    def step(self, grads: Mapping[str, torch.Tensor]) -> None:
+        for name, grad in grads.items():
+            n = self.params[name][0].numel()
+            self.grads[name][:, :n].copy_(grad.reshape(grad.shape[0], n))
+        self.optimizer.step()

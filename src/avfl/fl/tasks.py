@@ -1,7 +1,9 @@
 """The local tasks that the methods are built from: what a client trains, and its loss.
 
-Each task gives a per-sample loss; `loss` is its batch mean. The per-sample form lets the
-engine train several clients in lockstep with padded batches (padding weighs zero).
+Each task gives a per-sample loss (the trainer weighs it, so padded batches cost nothing),
+the parameter groups it trains (`groups`) and the groups its loss reads (`reads`, so the
+trainer passes each row only what it needs). Tasks are frozen dataclasses: clients whose
+tasks are equal train in lockstep.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ class UnimodalTask:
     def groups(self) -> tuple[str, ...]:
         return AUDIO_MODEL if self.modality == "audio" else VISUAL_MODEL
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return (f"{self.modality}_input", *self.groups)
+
     def sample_loss(
         self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
@@ -36,9 +42,6 @@ class UnimodalTask:
             model.audio_logits(audio) if self.modality == "audio" else model.visual_logits(visual)
         )
         return F.cross_entropy(logits, labels, reduction="none")
-
-    def loss(self, model, audio, visual, labels) -> torch.Tensor:
-        return self.sample_loss(model, audio, visual, labels).mean()
 
 
 def AudioTask() -> UnimodalTask:
@@ -65,19 +68,18 @@ class AVTask:
     def groups(self) -> tuple[str, ...]:
         return AV_MODEL + (("audio_head",) if self.audio_head_weight > 0 else ())
 
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("audio_input", "visual_input", *self.groups)
+
     def sample_loss(
         self, model: AVModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
         a = model.audio_embedding(audio)
         v = model.visual_embedding(visual)
-        loss = F.cross_entropy(
-            model.fusion_head(torch.cat([a, v], dim=-1)), labels, reduction="none"
-        )
+        loss = F.cross_entropy(model.fused_logits(a, v), labels, reduction="none")
         if self.audio_head_weight > 0:
             loss = loss + self.audio_head_weight * F.cross_entropy(
                 model.audio_head(a), labels, reduction="none"
             )
         return loss
-
-    def loss(self, model, audio, visual, labels) -> torch.Tensor:
-        return self.sample_loss(model, audio, visual, labels).mean()

@@ -1,52 +1,30 @@
-"""ModalityMirror (the paper's Section 3.2, Algorithms 1 and 2).
+"""ModalityMirror (Feng, Zhang, Avestimehr, Narayanan; the paper's Section 3.2, Algorithms 1-2).
 
 Phase 1 is modality-aware FL, i.e. MultiFL: its saved result for the same (dataset, fold,
-rate, seed) is loaded, never retrained. Phase 2 is federated distillation on the
-multimodal clients: the phase-1 audio-visual model is the teacher, an audio student
-initialised from the phase-1 audio model learns from it locally, and the server averages
-the student. The audio model reported is the student.
+rate, seed) is loaded, never retrained. Phase 2 is federated distillation on the multimodal
+("data-rich") clients: the phase-1 audio-visual model is the teacher, an audio student
+learns from it locally, and the server averages the student. The audio model reported is
+the student. Phase 2 starts from a trained model, so its start is evaluated as round 0 and
+can be selected: distillation that makes the audio model worse reports no worse than its start.
 
-The paper leaves these open; each is a config key (defaults, and why):
-- `kl_direction`: `teacher_to_student` (default) minimises KL(p_M || p_A), standard
-  distillation (Hinton et al.), which is what `F.kl_div(log p_A, p_M)` computes, the usual
-  way of coding the "KL(p_A, p_M)" that the paper writes; `student_to_teacher` minimises
-  the literal KL(p_A || p_M) (mode-seeking).
-- `temperature` T (default 2.0) softens both distributions, p ∝ exp(log p / T); with
-  `t2_scaling` (default true) the KL term is multiplied by T^2 so its gradients keep their
-  scale as T changes (Hinton et al.).
-- `kd_weight` (1.0) and `ce_weight` (default 0.0: the paper's local loss is the KL term
-  alone) weigh the distillation and label cross-entropy terms.
-- `teacher`: `frozen` (default; the paper distils "from the audio-visual model trained by
-  FL") or `trainable` (the teacher keeps training with its own cross-entropy and is
-  averaged with the student).
-- `phase1_state`: `last` (default; phase 2 continues from where phase 1 ended) or
-  `selected` (phase 1's best-dev round).
-- `rounds`, `clients_per_round`: phase 2's; null takes the `federated` values.
+The paper leaves most of phase 2 open; each choice is a setting, and each default follows
+the paper's text where it speaks and standard practice where it does not (the reasons are
+in the settings below; `config/ablations.yaml` runs the alternatives).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch.nn import functional as F
+from avfl.errors import UserError
+from avfl.methods.spec import method, setting
 
-from avfl.fl.engine import Phase
-from avfl.methods.base import MethodResult, RunContext
-from avfl.models.heads import AUDIO_MODEL, AVModel
+if TYPE_CHECKING:
+    import torch
 
-
-class MirrorModel(AVModel):
-    """The student (the AVModel's audio path) with the teacher as a sub-model (group `teacher`)."""
-
-    def __init__(self, student: AVModel, teacher: AVModel):
-        torch.nn.Module.__init__(self)
-        for name, module in student.named_children():
-            self.add_module(name, module)
-        self.teacher = teacher
+    from avfl.methods.context import MethodResult, RunContext
 
 
 def sample_distill_loss(
@@ -54,12 +32,12 @@ def sample_distill_loss(
 ) -> torch.Tensor:
     """Per-sample temperature-scaled KL between teacher (p_M) and student (p_A), in the configured direction."""
     t = settings["temperature"]
-    log_p_student = F.log_softmax(student_logits / t, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits / t, dim=-1)
+    log_p_student = (student_logits / t).log_softmax(dim=-1)
+    log_p_teacher = (teacher_logits / t).log_softmax(dim=-1)
     if settings["kl_direction"] == "teacher_to_student":  # KL(p_M || p_A)
-        kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="none").sum(dim=-1)
+        kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)
     else:  # KL(p_A || p_M)
-        kl = F.kl_div(log_p_teacher, log_p_student, log_target=True, reduction="none").sum(dim=-1)
+        kl = (log_p_student.exp() * (log_p_student - log_p_teacher)).sum(dim=-1)
     return kl * (t * t if settings["t2_scaling"] else 1.0)
 
 
@@ -70,66 +48,129 @@ def distill_loss(
     return sample_distill_loss(student_logits, teacher_logits, settings).mean()
 
 
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return -logits.log_softmax(dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
 @dataclass(frozen=True)
 class DistillTask:
-    settings: Mapping[str, Any]
+    """A multimodal client's phase-2 objective: distil the teacher into the audio student."""
+
+    settings: tuple[tuple[str, Any], ...]  # the method's settings, frozen (tasks compare by value)
     name: str = "distill"
 
     @property
-    def groups(self) -> tuple[str, ...]:
-        return AUDIO_MODEL + (("teacher",) if self.settings["teacher"] == "trainable" else ())
+    def options(self) -> dict[str, Any]:
+        return dict(self.settings)
 
-    def sample_loss(
-        self, model: MirrorModel, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor
-    ) -> torch.Tensor:
-        trainable_teacher = self.settings["teacher"] == "trainable"
+    @property
+    def groups(self) -> tuple[str, ...]:
+        from avfl.models.heads import AUDIO_MODEL
+
+        trainable = self.options["teacher"] == "trainable"
+        return AUDIO_MODEL + (("teacher",) if trainable else ())
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        return ("audio_input", "teacher", *self.groups)
+
+    def sample_loss(self, model, audio, visual, labels) -> torch.Tensor:
+        s = self.options
+        trainable_teacher = s["teacher"] == "trainable"
         model.teacher.train(trainable_teacher)
         teacher_logits = model.teacher.av_logits(audio, visual)
         student_logits = model.audio_logits(audio)
-        loss = self.settings["kd_weight"] * sample_distill_loss(
-            student_logits, teacher_logits.detach(), self.settings
-        )
-        if self.settings["ce_weight"] > 0:
-            loss = loss + self.settings["ce_weight"] * F.cross_entropy(
-                student_logits, labels, reduction="none"
-            )
+        loss = s["kd_weight"] * sample_distill_loss(student_logits, teacher_logits.detach(), s)
+        if s["ce_weight"] > 0:
+            loss = loss + s["ce_weight"] * _cross_entropy(student_logits, labels)
         if trainable_teacher:
-            loss = loss + F.cross_entropy(teacher_logits, labels, reduction="none")
+            loss = loss + _cross_entropy(teacher_logits, labels)
         return loss
 
-    def loss(self, model, audio, visual, labels) -> torch.Tensor:
-        return self.sample_loss(model, audio, visual, labels).mean()
+
+def _consumes(settings: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("multifl",) + (("harmony",) if settings["student_init"] == "harmony_audio" else ())
 
 
-@dataclass
-class ModalityMirror:
-    name: str = "modalitymirror"
-    uses_rate: bool = True
-    requires: str | None = "multifl"
+@method(
+    name="modalitymirror",
+    display="ModalityMirror",
+    colour="#C44E52",
+    consumes=_consumes,
+    cite="Feng, Zhang, Avestimehr, Narayanan, ModalityMirror (Interspeech 2024 workshop / arXiv)",
+    settings=[
+        setting(
+            "kl_direction", "teacher_to_student",
+            "standard distillation (Hinton et al., 2015) minimises KL(p_M || p_A), which is what "
+            "F.kl_div(log p_A, p_M) computes, the usual code behind the paper's written KL(p_A || p_M); "
+            "student_to_teacher is the literal (mode-seeking) reading",
+            enum=["teacher_to_student", "student_to_teacher"],
+        ),
+        setting("temperature", 2.0, "the paper introduces T without a value; 2 is a common choice (PyTorch's distillation tutorial), the ablation covers 1 and 4", type="number", exclusiveMinimum=0),
+        setting("t2_scaling", True, "Hinton et al. scale the softened KL by T^2 so its gradients keep their size as T changes", type="boolean"),
+        setting("kd_weight", 1.0, "the distillation term's weight", type="number", minimum=0),
+        setting("ce_weight", 0.0, "the paper's local loss is the KL term alone (Section 3.2.3); >0 adds the labels' cross-entropy", type="number", minimum=0),
+        setting("teacher", "frozen", "the student distils from the audio-visual model trained in phase 1 (Section 3.2.3); trainable keeps training it with its labels and averages it too", enum=["frozen", "trainable"]),
+        setting(
+            "phase1_state", "selected",
+            "phase 1 is MultiFL, whose result is its dev-selected model (standard model selection): "
+            "the student starts from the audio model selected on audio dev accuracy and the teacher is "
+            "the audio-visual model selected on audio-visual dev accuracy; last takes both from MultiFL's last round",
+            enum=["selected", "last"],
+        ),
+        setting("student_init", "phase1_audio", "the student is the audio model of phase 1, which all clients trained (Section 3.2.1); phase1_encoder resets its head, harmony_audio starts from Harmony's stage-1 audio model", enum=["phase1_audio", "phase1_encoder", "harmony_audio"]),
+        setting("audio_only_clients", "idle", "phase 2 runs on the multimodal clients only (Section 3.2.3, Algorithm 2); train lets audio-only clients train the student with cross-entropy and averages them in", enum=["idle", "train"]),
+        setting("rounds", None, "phase 2's rounds; null: the federated rounds, as every stage of the paper's uniform setting (200)", type=["integer", "null"], minimum=1),
+        setting("clients_per_round", None, "phase 2's clients per round; null: the federated value", type=["integer", "null"], minimum=1),
+    ],
+)  # fmt: skip
+def modalitymirror(ctx: RunContext) -> MethodResult:
+    """Federated distillation of MultiFL's audio-visual model into the audio student."""
+    import copy
 
-    def run(self, ctx: RunContext) -> MethodResult:
-        if ctx.phase1 is None:
-            raise ValueError(
-                "ModalityMirror needs MultiFL's saved result for the same fold, rate and seed"
-            )
-        phase1 = ctx.phase1[ctx.settings["phase1_state"]]
-        multimodal = ctx.data.multimodal
-        if not multimodal:
-            raise ValueError(
-                "ModalityMirror distils on multimodal clients: the video-missing rate must be below 1"
-            )
-        model = MirrorModel(ctx.model, copy.deepcopy(ctx.model))
-        model.load_state_dict({**phase1, **{f"teacher.{k}": v for k, v in phase1.items()}})
-        start = {k: v.clone() for k, v in model.state_dict().items()}
-        fed, s = ctx.federated, ctx.settings
-        phase = Phase(
-            "modalitymirror_distill",
-            multimodal,
-            lambda c: DistillTask(s),
-            s["rounds"] or fed["rounds"],
-            s["clients_per_round"] or fed["clients_per_round"],
-            "audio",
+    from avfl.fl.tasks import AudioTask
+    from avfl.fl.types import Phase
+    from avfl.methods.context import MethodResult
+    from avfl.models.heads import WithTeacher, group_of
+
+    s = ctx.settings
+    multimodal = ctx.data.multimodal
+    if not multimodal:
+        raise UserError(
+            "ModalityMirror distils on multimodal clients: the video-missing rate must be below 1"
         )
-        result = ctx.run(phase, model=model, initial_state=start)
-        student = {k: v for k, v in result.state.items() if not k.startswith("teacher.")}
-        return MethodResult(student, {"distill": result}, ctx.model, {"av_state": phase1})
+    phase1 = ctx.consumed_states("multifl")
+    if s["phase1_state"] == "selected":
+        student, teacher = phase1["selected"], phase1["selected_av"]
+    else:
+        student = teacher = phase1["last"]
+    student = dict(student)
+    if s["student_init"] == "phase1_encoder":
+        student.update({k: v for k, v in ctx.initial_state.items() if group_of(k) == "audio_head"})
+    elif s["student_init"] == "harmony_audio":
+        harmony = ctx.consumed_states("harmony")["stage1_audio"]
+        student.update(
+            {
+                k: v
+                for k, v in harmony.items()
+                if group_of(k) in ("audio_encoder", "audio_head", "audio_backbone")
+            }
+        )
+    model = WithTeacher(ctx.model, copy.deepcopy(ctx.model))
+    model.load_state_dict({**student, **{f"teacher.{k}": v for k, v in teacher.items()}})
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    distill = DistillTask(tuple(sorted(s.items())))
+    audio_only = ctx.data.audio_only
+    train_audio_only = s["audio_only_clients"] == "train"
+    eligible = range(len(ctx.data.clients)) if train_audio_only else multimodal
+    audio_task = AudioTask()
+    phase = Phase(
+        "modalitymirror_distill", eligible,
+        lambda c: audio_task if c in audio_only else distill,
+        s["rounds"] or ctx.federated["rounds"],
+        s["clients_per_round"] or ctx.federated["clients_per_round"],
+        "audio", start_is_candidate=True,
+    )  # fmt: skip
+    result = ctx.run(phase, model=model, initial_state=start)
+    student_state = {k: v for k, v in result.state.items() if not k.startswith("teacher.")}
+    return MethodResult(ctx.model, {"distill": result}, {"audio": student_state, "av": teacher})

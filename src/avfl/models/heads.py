@@ -5,6 +5,14 @@ Parameter names start with their group (`audio_encoder.`, `fusion_head.`, ...): 
 that clients train and the server averages. In fine-tuning mode the backbones are groups
 too (`audio_backbone.`, `visual_backbone.`); in frozen mode they are not part of the model
 and the inputs are their precomputed embeddings.
+
+Frozen embeddings enter through a fixed standardisation (groups `audio_input`,
+`visual_input`: per-feature mean and std of the run's training clips, never trained or
+averaged). Embeddings of real clips often vary little around a large common offset (long
+digital silence, a shared background); the encoders' LayerNorm normalises each sample over
+its features and does not remove a per-feature offset, and federated training under label
+skew then stalls. The statistics are part of the model, so every method and every
+evaluation applies exactly the same transform.
 """
 
 from __future__ import annotations
@@ -12,7 +20,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from avfl.models.dropout import PooledDropout
+
 GROUPS = (
+    "audio_input",
+    "visual_input",
     "audio_backbone",
     "visual_backbone",
     "audio_encoder",
@@ -20,6 +32,8 @@ GROUPS = (
     "audio_head",
     "visual_head",
     "fusion_head",
+    "audio_prototypes",
+    "visual_prototypes",
 )
 AUDIO_MODEL = ("audio_backbone", "audio_encoder", "audio_head")
 VISUAL_MODEL = ("visual_backbone", "visual_encoder", "visual_head")
@@ -35,10 +49,35 @@ def encoder(in_dim: int, hidden: int, dropout: float) -> nn.Sequential:
         nn.LayerNorm(in_dim),
         nn.Linear(in_dim, hidden),
         nn.ReLU(),
-        nn.Dropout(dropout),
+        PooledDropout(dropout, hidden),
         nn.Linear(hidden, hidden),
         nn.ReLU(),
     )
+
+
+class Standardise(nn.Module):
+    """(x - mean) / std with fixed per-feature statistics (identity until `set_stats`)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def feature_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std (float64 sums); a constant feature gets std 1, as scikit-learn's StandardScaler."""
+    x = x.double()
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    std = torch.where(std > 1e-12 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
+    return mean.float(), std.float()
 
 
 class AVModel(nn.Module):
@@ -55,6 +94,9 @@ class AVModel(nn.Module):
         visual_backbone: nn.Module | None = None,
     ):
         super().__init__()
+        # In fine-tuning mode the backbones normalise their own inputs: the input groups stay identity.
+        self.audio_input = Standardise(audio_dim if audio_backbone is None else 1)
+        self.visual_input = Standardise(visual_dim if visual_backbone is None else 1)
         self.audio_backbone = audio_backbone if audio_backbone is not None else nn.Identity()
         self.visual_backbone = visual_backbone if visual_backbone is not None else nn.Identity()
         self.audio_encoder = encoder(audio_dim, hidden, dropout)
@@ -66,10 +108,10 @@ class AVModel(nn.Module):
         )
 
     def audio_embedding(self, audio: torch.Tensor) -> torch.Tensor:
-        return self.audio_encoder(self.audio_backbone(audio))
+        return self.audio_encoder(self.audio_input(self.audio_backbone(audio)))
 
     def visual_embedding(self, visual: torch.Tensor) -> torch.Tensor:
-        return self.visual_encoder(self.visual_backbone(visual))
+        return self.visual_encoder(self.visual_input(self.visual_backbone(visual)))
 
     def audio_logits(self, audio: torch.Tensor) -> torch.Tensor:
         return self.audio_head(self.audio_embedding(audio))
@@ -77,7 +119,39 @@ class AVModel(nn.Module):
     def visual_logits(self, visual: torch.Tensor) -> torch.Tensor:
         return self.visual_head(self.visual_embedding(visual))
 
+    def fused_logits(
+        self, audio_embedding: torch.Tensor, visual_embedding: torch.Tensor
+    ) -> torch.Tensor:
+        return self.fusion_head(torch.cat([audio_embedding, visual_embedding], dim=-1))
+
     def av_logits(self, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-        return self.fusion_head(
-            torch.cat([self.audio_embedding(audio), self.visual_embedding(visual)], dim=-1)
-        )
+        return self.fused_logits(self.audio_embedding(audio), self.visual_embedding(visual))
+
+
+class WithTeacher(AVModel):
+    """An AVModel (the student) whose parameters also hold a teacher AVModel (group `teacher`).
+
+    One model, so that the engine trains, checkpoints and averages student and teacher as
+    parameter groups like any other (a trainable teacher is averaged; a frozen one is not).
+    """
+
+    def __init__(self, student: AVModel, teacher: AVModel):
+        nn.Module.__init__(self)
+        for name, module in student.named_children():
+            self.add_module(name, module)
+        self.teacher = teacher
+
+
+class PrototypeHead(nn.Module):
+    """Logits = minus the Euclidean distance of an embedding to each class prototype.
+
+    The prototypes are a buffer that the server sets (BMSFed's global prototypes): clients
+    read them, nobody trains them.
+    """
+
+    def __init__(self, n_classes: int, dim: int):
+        super().__init__()
+        self.register_buffer("prototypes", torch.zeros(n_classes, dim))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return -((z[..., None, :] - self.prototypes) ** 2).sum(dim=-1).add(1e-12).sqrt()

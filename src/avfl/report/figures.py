@@ -1,8 +1,10 @@
-"""Figure 2 (per-label F1 change, ModalityMirror minus Harmony) and Figure 3 (accuracy
-against the video-missing rate), from run records only, in one paper style."""
+"""Figure 2 (per-label F1 change, ModalityMirror minus Harmony) and Figure 3 (accuracy against
+the video-missing rate, every method, the centralised references as dashed lines), from run
+records only, in one paper style. Names, order and colours come from the method registry."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -10,15 +12,18 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from avfl.methods import registry
 from avfl.report.style import paper_style, save_figure
-from avfl.report.tables import DATASET_NAMES, METHOD_NAMES, METHOD_ORDER, accuracy_cells
+from avfl.report.tables import DATASET_NAMES, accuracy_cells, display_name, row_keys
 
-COLOURS = {
-    "unifl": "#4C72B0",
-    "multifl": "#DD8452",
-    "harmony": "#55A868",
-    "modalitymirror": "#C44E52",
-}
+# Reference lines drawn on Figure 3 (the audio model's upper bounds) and their dash styles.
+REFERENCE_LINES = {"audio": (6, 2), "probe_audio": (2, 2)}
+FALLBACK_COLOURS = ("#64B5CD", "#8C8C8C", "#CCB974", "#DA8BC3")
+
+
+def colour(method: str, index: int = 0) -> str:
+    spec = registry().get(method)
+    return spec.colour if spec else FALLBACK_COLOURS[index % len(FALLBACK_COLOURS)]
 
 
 def mean_per_class_f1(
@@ -76,40 +81,83 @@ def figure2(
         plt.close(fig)
 
 
+def _panel(ax, runs, metric: str, rates: Sequence[float], methods: Sequence[str],
+           references: Sequence[str], title: str) -> None:  # fmt: skip
+    """One Figure 3 panel: a line with a +-std band per method, dashed reference lines."""
+    if not rates:
+        return
+    x_range = (100 * min(rates), 100 * max(rates))
+    for i, (method, _) in enumerate(row_keys(methods, [])):
+        cells = accuracy_cells([r for r in runs if r["method"] == method], metric, rates)
+        points = [(r, cells[(method, float(r))]) for r in rates if (method, float(r)) in cells]
+        if not points:
+            continue
+        x = np.array([100 * r for r, _ in points])
+        mean = np.array([c["mean"] for _, c in points])
+        std = np.array([c["std"] for _, c in points])
+        c = colour(method, i)
+        flagged = any(cell["unhealthy"] for _, cell in points)
+        ax.plot(x, mean, marker="o", markersize=3, linewidth=1.2, color=c,
+                label=display_name(method) + (" †" if flagged else ""))  # fmt: skip
+        ax.fill_between(x, mean - std, mean + std, color=c, alpha=0.18, linewidth=0)
+    for reference in references:
+        for model, dashes in REFERENCE_LINES.items():
+            cells = accuracy_cells(
+                [r for r in runs if r["method"] == reference], metric, rates[:1], model
+            )
+            cell = cells.get((reference, float(rates[0])))
+            if cell is None:
+                continue
+            ax.plot(x_range, [cell["mean"]] * 2, color=colour(reference), linewidth=0.9,
+                    dashes=dashes, label=display_name(reference, model))  # fmt: skip
+    ax.set_xlabel("video modality missing rate (%)")
+    ax.set_ylabel(f"audio {metric.replace('top', 'top-')} accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, linewidth=0.5)
+
+
 def figure3(runs_by_dataset: Mapping[str, Sequence[Mapping[str, Any]]], metrics: Mapping[str, str], rates: Sequence[float],
-            methods: Sequence[str], paths: Sequence[str | Path]) -> None:  # fmt: skip
+            methods: Sequence[str], paths: Sequence[str | Path], references: Sequence[str] = ()) -> list[str]:  # fmt: skip
+    """Draw Figure 3; returns the legend's labels (what a reader will find in it)."""
     datasets = list(runs_by_dataset)
     with paper_style():
         fig, axes = plt.subplots(
-            1, max(1, len(datasets)), figsize=(3.4 * max(1, len(datasets)), 2.6), squeeze=False
+            1, max(1, len(datasets)), figsize=(3.6 * max(1, len(datasets)), 2.8), squeeze=False
         )
         for ax, dataset in zip(axes[0], datasets, strict=False):
-            cells = accuracy_cells(runs_by_dataset[dataset], metrics[dataset], rates)
-            for method in [m for m in METHOD_ORDER if m in methods]:
-                points = [
-                    (r, cells[(method, float(r))]) for r in rates if (method, float(r)) in cells
-                ]
-                if not points:
-                    continue
-                x = np.array([100 * r for r, _ in points])
-                mean = np.array([c["mean"] for _, c in points])
-                std = np.array([c["std"] for _, c in points])
-                colour = COLOURS.get(method)
-                ax.plot(
-                    x,
-                    mean,
-                    marker="o",
-                    markersize=3,
-                    linewidth=1.2,
-                    color=colour,
-                    label=METHOD_NAMES.get(method, method),
-                )
-                ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.18, linewidth=0)
-            ax.set_xlabel("video modality missing rate (%)")
-            ax.set_ylabel(f"audio {metrics[dataset].replace('top', 'top-')} accuracy (%)")
-            ax.set_title(DATASET_NAMES.get(dataset, dataset))
-            ax.grid(alpha=0.3, linewidth=0.5)
-        axes[0][0].legend(frameon=False)
+            _panel(ax, runs_by_dataset[dataset], metrics[dataset], rates, methods, references,
+                   DATASET_NAMES.get(dataset, dataset))  # fmt: skip
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       ncol=min(4, len(labels)), frameon=False)  # fmt: skip
+        fig.tight_layout()
+        for path in paths:
+            save_figure(fig, path)
+        plt.close(fig)
+    return labels
+
+
+def figure3_variants(
+    runs: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]], metrics: Mapping[str, str],
+    rates: Sequence[float], methods: Sequence[str], references: Sequence[str],
+    paths: Sequence[str | Path],
+) -> None:  # fmt: skip
+    """Figure 3 for each variant: runs[dataset][variant] -> one panel each (4 per row)."""
+    panels = [(d, v) for d in runs for v in runs[d]]
+    cols = min(4, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    with paper_style():
+        fig, axes = plt.subplots(rows, cols, figsize=(3.0 * cols, 2.5 * rows), squeeze=False)
+        for ax, (dataset, variant) in zip(axes.flat, panels, strict=False):
+            title = f"{DATASET_NAMES.get(dataset, dataset)}: {variant}"
+            _panel(ax, runs[dataset][variant], metrics[dataset], rates, methods, references, title)
+        for ax in list(axes.flat)[len(panels) :]:
+            ax.axis("off")
+        handles, labels = axes[0][0].get_legend_handles_labels()
+        if handles:
+            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                       ncol=min(5, len(labels)), frameon=False)  # fmt: skip
         fig.tight_layout()
         for path in paths:
             save_figure(fig, path)

@@ -1,0 +1,201 @@
+"""A sub-grid of the paper's UCF101 setting, trained three ways, on the rehearsal features.
+
+Sub-grid (defaults): fold 1, every registered method, missing rates 0.1 / 0.5 / 0.9, seeds
+0-2, 50 rounds of 10 out of 100 clients (Dirichlet 0.1), 1 local epoch of batches of 16,
+768-d audio and 512-d visual embeddings, 51 classes. Every way runs at most `--parallel`
+processes at once (2: the cores of the machine), as Snakemake would:
+
+- baseline: the common way of writing FL research code (FedMultimodal's and most others'):
+  one process per run, and inside it, per client per round, a deep copy of the global
+  model, a DataLoader over the client's samples and a fresh PyTorch Adam; the same methods,
+  client sampling, aggregation and evaluation schedule as the engine;
+- engine, one run per process: this project's engine with `runs_per_job: 1` (clients of a
+  round in lockstep, data on the device, no per-client copies);
+- engine, batched: every run of a method in one process (`runs_per_job: 0`): the runs'
+  rounds in lockstep too.
+
+    python benchmarks/grid_speed.py [--rounds 50] [--parallel 2] [--device cpu|cuda]
+
+Prints each way's wall time and, last, `speed-up over baseline: X.XXx` (batched).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def peer_train_rows(model, tasks, starts, indices, seeds, data, cfg):
+    """Local training as peer code writes it: deepcopy, DataLoader and Adam per client."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from avfl.fl.local import RowResult
+    from avfl.models.heads import group_of
+
+    tasks = list(tasks) if isinstance(tasks, list | tuple) else [tasks] * len(starts)
+    results = []
+    for task, start, idx, seed in zip(tasks, starts, indices, seeds, strict=True):
+        local = copy.deepcopy(model)
+        local.load_state_dict(start)
+        cpu = idx.cpu()
+        loader = DataLoader(TensorDataset(data.audio[cpu], data.visual[cpu], data.labels[cpu]),
+                            batch_size=cfg.batch_size, shuffle=True,
+                            generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        for name, p in local.named_parameters():
+            p.requires_grad_(group_of(name) in task.groups)
+        params = [p for n, p in local.named_parameters() if group_of(n) in task.groups]
+        optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        global_params = {
+            n: p.detach().clone() for n, p in local.named_parameters() if group_of(n) in task.groups
+        }
+        local.train()
+        total, steps = 0.0, 0
+        for _ in range(cfg.local_epochs):
+            for audio, visual, labels in loader:
+                loss = task.sample_loss(local, audio, visual, labels).mean()
+                if hasattr(task, "penalty"):
+                    loss = loss + task.penalty(
+                        {n: p for n, p in local.named_parameters() if n in global_params},
+                        global_params,
+                    )
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, steps = total + float(loss), steps + 1
+        state = {
+            n: v.detach().clone()
+            for n, v in local.state_dict().items()
+            if group_of(n) in task.groups
+        }
+        results.append(RowResult(state, total / max(steps, 1), steps))
+    return results
+
+
+def run_one(job_file: str, peer: bool) -> None:
+    """Inside a worker process: train one job (the baseline swaps in the peer-style trainer)."""
+    if peer:
+        import avfl.fl.engine
+
+        avfl.fl.engine.train_rows = peer_train_rows
+    from avfl.train import Job, run_job
+
+    run_job(Job.from_json(Path(job_file).read_text()), log=lambda m: None, threads=1)
+
+
+def prepare(root: Path, rounds: int, rates: list[float], seeds: list[int], device: str) -> dict:
+    """Rehearsal features, partitions, and the plan of the sub-grid."""
+    from avfl import partition
+    from avfl.config import load_config
+    from avfl.data.rehearsal import generate_rehearsal
+
+    config = load_config([REPO / "config/config.yaml", REPO / "config/rehearsal.yaml"])
+    config["data_dir"] = str(root / "data")
+    config["federated"].update(rounds=rounds, device=device)
+    config["experiment"].update(
+        seeds=seeds, table1_rates=rates, figure3_rates=rates, figure2_rate=rates[0]
+    )
+    config["datasets"]["rehearsal"]["folds"] = [1]
+    features = root / "data/features/rehearsal"
+    generate_rehearsal({"extract": config["datasets"]["rehearsal"]["extract"]}, features,
+                       root / "data/embeddings/rehearsal/default")  # fmt: skip
+    for seed in seeds:
+        out = root / f"results/rehearsal/partition/default/fold1_seed{seed}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partition.write_partition(features / "manifest.tsv", out, dataset="rehearsal", fold=1, seed=seed,
+                                  settings=config["partition"])  # fmt: skip
+    return config
+
+
+def jobs_for(config: dict, runs_per_job: int, root: Path, way: str) -> list[list[Path]]:
+    """Job files in waves (methods that consume others come after them); no references."""
+    from avfl.plan import Plan
+
+    config = copy.deepcopy(config)
+    config["experiment"]["runs_per_job"] = runs_per_job
+    plan = Plan(config)
+    waves: dict[int, list[Path]] = {}
+    for job in plan.jobs:
+        if job.method == "centralised":
+            continue
+        spec = json.loads(job.spec())
+        for run in spec["runs"]:
+            run["out"] = str(root / way / run["out"])
+            run["partition"] = str(root / run["partition"])
+            run["consumes"] = {m: str(root / way / d) for m, d in run["consumes"].items()}
+            run["reference"] = None
+        path = root / "jobs" / way / f"{job.name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(spec))
+        waves.setdefault(1 if spec["consumed_hashes"] else 0, []).append(path)
+    return [waves[k] for k in sorted(waves)]
+
+
+def time_way(waves: list[list[Path]], parallel: int, peer: bool) -> float:
+    start = time.perf_counter()
+    for wave in waves:
+        with ThreadPoolExecutor(parallel) as pool:
+            commands = [
+                [sys.executable, __file__, "--worker", str(p)] + (["--peer"] if peer else [])
+                for p in wave
+            ]
+            for done in pool.map(
+                lambda c: subprocess.run(c, capture_output=True, text=True), commands
+            ):
+                if done.returncode:
+                    raise SystemExit(f"a worker failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=50)
+    parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.5, 0.9])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--parallel", type=int, default=2, help="processes at once (cores)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--ways", nargs="+", default=["baseline", "engine", "batched"])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        run_one(args.worker, args.peer)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        config = prepare(root, args.rounds, args.rates, args.seeds, args.device)
+        n_runs = sum(
+            len(j.runs)
+            for j in __import__("avfl.plan").plan.Plan(config).jobs
+            if j.method != "centralised"
+        )
+        print(f"sub-grid: fold 1, {n_runs} runs (every method x rates {args.rates} x seeds {args.seeds}), "
+              f"{args.rounds} rounds, 100 clients, {args.parallel} processes at once, device {args.device}")  # fmt: skip
+        times = {}
+        for way in args.ways:
+            per_job = {"baseline": 1, "engine": 1, "batched": 0}[way]
+            waves = jobs_for(config, per_job, root, way)
+            times[way] = time_way(waves, args.parallel, peer=way == "baseline")
+            print(f"{way:<9} {sum(len(w) for w in waves):4d} processes  {times[way]:8.1f} s  "
+                  f"({times[way] / n_runs:.2f} s per run)", flush=True)  # fmt: skip
+        if "baseline" in times:
+            for way in ("engine", "batched"):
+                if way in times and way != "batched":
+                    print(f"{way} speed-up over baseline: {times['baseline'] / times[way]:.2f}x")
+            if "batched" in times:
+                print(f"speed-up over baseline: {times['baseline'] / times['batched']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""Local training: the one implementation, for any number of (run, client) rows at once.
+
+A row is one client of one run, starting from its run's global state. Rows that share a
+task train in lockstep: every tensor the task reads is stacked along a leading row axis,
+and each step is one vmapped forward/backward (torch.func) and one optimizer update for
+all rows. This is what makes small federated models fast: per step, k small kernels per
+layer become one batched kernel, and a batch of runs (seeds, missing rates) shares them too.
+
+Determinism does not depend on the company a row keeps: its batch order and its dropout
+noise come from its own generator (seeded by run seed, phase, round and client), every
+tensor it reads is its own slice (no weight is shared across rows, so every matrix product
+is a per-row batched product of the same shape), and the optimizer is elementwise. A run
+trained alone or in a batch of runs gives the same numbers.
+
+Each row keeps its own number of steps: a client with fewer samples gets zero-weight padding
+batches after its last real step, whose updates are discarded (its tensors are snapshotted
+at its last real step). Models whose layers update state in place during the forward pass
+(BatchNorm) or whose backbones are trained (fine-tuning mode) take the same steps one row
+at a time (`lockstep=False` does so for any model: the tests' reference).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from avfl.fl.optimizer import RowOptimizer
+from avfl.fl.types import Task, TrainSettings, derive_seed
+from avfl.models.dropout import noise_pool, pool_size
+from avfl.models.heads import group_of
+
+
+@dataclass
+class RowResult:
+    state: dict[str, torch.Tensor]  # trained tensors of the task's groups
+    loss: float  # mean training loss over the row's real steps
+    steps: int
+
+
+def supports_lockstep(model: nn.Module) -> bool:
+    """vmap needs pure layers: no BatchNorm (running statistics) and no trained backbone."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return False
+    return not any(group_of(n).endswith("_backbone") for n, _ in model.named_parameters())
+
+
+class _TaskLoss(nn.Module):
+    """Makes a task's per-sample loss the module's forward, for functional_call."""
+
+    def __init__(self, model: nn.Module, task: Task):
+        super().__init__()
+        self.model = model
+        self.task = task
+
+    def forward(self, audio, visual, labels, **values):
+        return self.task.sample_loss(self.model, audio, visual, labels, **values)
+
+
+def row_schedule(
+    sizes: Sequence[int], seeds: Sequence[int], epochs: int, batch: int, noise: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per row: batch positions (rows, steps, batch), their weights (0 = padding), and the
+    dropout noise of each step (rows, steps, noise), all drawn from the row's own generator."""
+    steps = [epochs * math.ceil(n / batch) for n in sizes]
+    total = max(steps)
+    positions = torch.zeros(len(sizes), total, batch, dtype=torch.long)
+    weights = torch.zeros(len(sizes), total, batch)
+    pools = torch.zeros(len(sizes), total, noise) if noise else None
+    for i, (n, seed) in enumerate(zip(sizes, seeds, strict=True)):
+        generator = torch.Generator().manual_seed(seed)
+        step = 0
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, batch):
+                chunk = order[start : start + batch]
+                positions[i, step, : len(chunk)] = chunk
+                weights[i, step, : len(chunk)] = 1.0
+                step += 1
+        if pools is not None:
+            pools[i, : steps[i]] = torch.rand(steps[i], noise, generator=generator)
+    return positions, weights, pools
+
+
+def _read_names(model: nn.Module, task: Task, state: Mapping[str, torch.Tensor]) -> list[str]:
+    reads = getattr(task, "reads", None)
+    if reads is None:
+        return list(state)
+    groups = set(reads) | set(task.groups)
+    return [n for n in state if group_of(n) in groups]
+
+
+def lockstep_key(task: Task):
+    """What rows must share to train in one step: the task, or its `lockstep_key` when the
+    task varies per row only in `row_values` (numbers passed to its loss per row)."""
+    return getattr(task, "lockstep_key", task)
+
+
+def train_rows(
+    model: nn.Module,
+    tasks: Task | Sequence[Task],
+    starts: Sequence[Mapping[str, torch.Tensor]],
+    indices: Sequence[torch.Tensor],
+    seeds: Sequence[int],
+    data,
+    cfg: TrainSettings,
+) -> list[RowResult]:
+    """Train each row from `starts[i]` on samples `indices[i]`; rows share `model`'s structure.
+
+    `model` is a template: its own tensors are never read for a row (every tensor the task
+    reads is passed per row); it supplies the structure and the train/eval modes. `tasks` is
+    one task for every row, or one per row sharing a `lockstep_key`.
+    """
+    rows = len(starts)
+    tasks = list(tasks) if isinstance(tasks, list | tuple) else [tasks] * rows
+    task = tasks[0]
+    trained = [n for n, _ in model.named_parameters() if group_of(n) in task.groups]
+    if not trained:
+        return [RowResult({}, float("nan"), 0) for _ in range(rows)]
+    trained_set = set(trained)
+    buffers = {n for n, _ in model.named_buffers()}
+    names = _read_names(model, task, starts[0])
+    device = data.audio.device
+    optimizer = RowOptimizer(
+        {n: torch.stack([s[n].detach() for s in starts]) for n in trained}, cfg
+    )
+    params = optimizer.params
+    fixed = {n: torch.stack([s[n].detach() for s in starts]) for n in names if n not in trained_set}
+    # Float buffers of trained groups (BatchNorm statistics) travel with the trained state.
+    moving = [
+        n
+        for n in fixed
+        if n in buffers and group_of(n) in task.groups and fixed[n].is_floating_point()
+    ]
+    for n in moving:
+        fixed[n] = fixed[n].clone()
+    start_params = {n: p.clone() for n, p in params.items()} if hasattr(task, "penalty") else None
+    sizes = [int(i.numel()) for i in indices]
+    noise = pool_size(model, cfg.batch_size)
+    positions, weights, pools = row_schedule(sizes, seeds, cfg.local_epochs, cfg.batch_size, noise)
+    last_step = [cfg.local_epochs * math.ceil(n / cfg.batch_size) - 1 for n in sizes]
+    padded = torch.zeros(rows, max(sizes), dtype=torch.long, device=device)
+    for i, idx in enumerate(indices):
+        padded[i, : idx.numel()] = idx
+    sample_rows = torch.gather(padded, 1, positions.flatten(1).to(device)).view(positions.shape)
+    weights = weights.to(device)
+    pools = pools.to(device) if pools is not None else None
+    wrapper = _TaskLoss(model, task)
+    per_row = None
+    if hasattr(task, "row_values"):
+        per_row = {
+            k: torch.tensor([t.row_values[k] for t in tasks], dtype=torch.float32, device=device)
+            for k in task.row_values
+        }
+
+    def loss_fn(p, fix, start, audio, visual, labels, w, pool, vals):
+        tensors = {f"model.{n}": v for n, v in {**fix, **p}.items()}
+        with noise_pool(pool):
+            per_sample = functional_call(wrapper, tensors, (audio, visual, labels), vals or {})
+        loss = (per_sample * w).sum() / w.sum().clamp_min(1.0)
+        if start is not None:
+            loss = loss + task.penalty(p, start)
+        return loss
+
+    step_fn = grad_and_value(loss_fn)
+    lockstep = cfg.lockstep and supports_lockstep(model)
+    if lockstep:
+        in_dims = (0, 0, 0 if start_params is not None else None, 0, 0, 0, 0,
+                   0 if pools is not None else None, 0 if per_row is not None else None)  # fmt: skip
+        step_fn = vmap(step_fn, in_dims=in_dims, randomness="error")
+    final = {n: torch.empty_like(p) for n, p in params.items()}
+    final_buffers = {n: torch.empty_like(fixed[n]) for n in moving}
+    loss_sums = torch.zeros(rows, dtype=torch.float64)
+    model.train()
+    for step in range(sample_rows.shape[1]):
+        batch = sample_rows[:, step]
+        if lockstep:
+            grads, losses = step_fn(
+                params, fixed, start_params, data.audio[batch], data.visual[batch],
+                data.labels[batch], weights[:, step], pools[:, step] if pools is not None else None,
+                per_row,
+            )  # fmt: skip
+        else:
+            grads = {n: torch.zeros_like(p) for n, p in params.items()}
+            losses = torch.zeros(rows)
+            for i in range(rows):
+                if step > last_step[i]:
+                    continue
+                real = int(weights[i, step].sum())
+                take = batch[i, :real]
+                torch.manual_seed(
+                    derive_seed(seeds[i], "step", step)
+                )  # layers with their own dropout
+                g, v = step_fn(
+                    {n: p[i] for n, p in params.items()}, {n: t[i] for n, t in fixed.items()},
+                    {n: p[i] for n, p in start_params.items()} if start_params is not None else None,
+                    data.audio[take], data.visual[take], data.labels[take], weights[i, step, :real],
+                    pools[i, step] if pools is not None else None,
+                    {k: v[i] for k, v in per_row.items()} if per_row is not None else None,
+                )  # fmt: skip
+                for n in grads:
+                    grads[n][i] = g[n]
+                losses[i] = v
+        optimizer.step(grads)
+        active = torch.tensor([step <= last for last in last_step])
+        loss_sums += torch.where(active, losses.detach().double().cpu(), 0.0)
+        for i in (i for i, last in enumerate(last_step) if last == step):
+            for n, p in params.items():
+                final[n][i] = p[i].detach()
+            for n in moving:
+                final_buffers[n][i] = fixed[n][i]
+    results = []
+    for i in range(rows):
+        state = {n: final[n][i] for n in trained} | {n: final_buffers[n][i] for n in moving}
+        results.append(RowResult(state, float(loss_sums[i]) / (last_step[i] + 1), last_step[i] + 1))
+    return results

@@ -1,0 +1,113 @@
+"""How a method describes itself: one declaration that the config schema, the workflow and
+the reports are generated from.
+
+Torch-free on purpose: the workflow reads every method's declaration when Snakemake parses
+the Snakefile, and the scheduler's environment need not hold the ML stack. A method module
+therefore imports torch-using code inside its `run` function, not at the top.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from avfl.methods.context import MethodResult, RunContext
+
+NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+ROLES = ("method", "reference")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a method: its default and the one-line reason for that default."""
+
+    name: str
+    default: Any
+    reason: str
+    schema: Mapping[str, Any] = field(default_factory=dict)  # JSON schema of the value
+
+    def json_schema(self) -> dict[str, Any]:
+        return {**self.schema, "default": self.default, "description": self.reason}
+
+
+def setting(name: str, default: Any, reason: str, **schema: Any) -> Setting:
+    """`setting("mu", 0.01, "why", type="number", minimum=0)`: schema keywords as JSON schema."""
+    return Setting(name, default, reason, schema)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A registered method (or a reference, such as centralised training).
+
+    - `uses_rate`: whether the reported audio model depends on the video-missing rate
+      (False: one run per fold and seed serves every rate, as Harmony's stage-1 audio model);
+    - `consumes`: methods whose saved result a run of this one loads instead of retraining
+      (ModalityMirror's phase 1 is MultiFL's run); a function of the settings when it depends
+      on them;
+    - `role`: "method" (a row of Table 1 and a line of Figure 3) or "reference" (upper-bound
+      rows and dashed lines that every method is compared with).
+    """
+
+    name: str
+    display: str
+    colour: str
+    run: Callable[[RunContext], MethodResult]
+    uses_rate: bool = True
+    settings: tuple[Setting, ...] = ()
+    consumes: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = ()
+    role: str = "method"
+    cite: str = ""
+    summary: str = ""
+    module: str = ""
+    # True when the local objective changes from round to round by design (weights or
+    # targets set by the server): its training loss may grow while the model learns, so the
+    # health guard does not read growth as failure (a non-finite loss still is).
+    objective_drifts: bool = False
+
+    def __post_init__(self) -> None:
+        if not NAME.match(self.name):
+            raise ValueError(f"method name {self.name!r}: use lower-case letters, digits and _")
+        if self.role not in ROLES:
+            raise ValueError(f"method {self.name}: role must be one of {ROLES}")
+        names = [s.name for s in self.settings]
+        if len(set(names)) != len(names) or "federated" in names:
+            raise ValueError(
+                f"method {self.name}: setting names must be unique and not 'federated'"
+            )
+
+    def defaults(self) -> dict[str, Any]:
+        return {s.name: s.default for s in self.settings}
+
+    def requires(self, settings: Mapping[str, Any] | None = None) -> tuple[str, ...]:
+        """The methods a run of this one consumes, under `settings` (the method's block)."""
+        if callable(self.consumes):
+            return tuple(self.consumes({**self.defaults(), **(settings or {})}))
+        return tuple(self.consumes)
+
+
+def method(
+    *,
+    name: str,
+    display: str,
+    colour: str,
+    uses_rate: bool = True,
+    settings: tuple[Setting, ...] | list[Setting] = (),
+    consumes: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = (),
+    role: str = "method",
+    cite: str = "",
+    objective_drifts: bool = False,
+) -> Callable[[Callable[[RunContext], MethodResult]], MethodSpec]:
+    """Decorator: the decorated `run(ctx)` becomes the method's MethodSpec."""
+
+    def wrap(run: Callable[[RunContext], MethodResult]) -> MethodSpec:
+        summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
+        return MethodSpec(
+            name=name, display=display, colour=colour, run=run, uses_rate=uses_rate,
+            settings=tuple(settings), consumes=consumes, role=role, cite=cite, summary=summary,
+            module=run.__module__, objective_drifts=objective_drifts,
+        )  # fmt: skip
+
+    return wrap

@@ -1,0 +1,447 @@
+"""The experiment's plan: every file the workflow makes, and which job makes it.
+
+Torch-free: Snakemake builds the DAG from this when it parses the Snakefile. Everything the
+rules need is computed here from the validated config, so the rules stay thin and the logic
+is tested like any other module.
+
+Variants (ablations) and reuse: each variant is the config with an overlay. A method's run
+is identified by its *effective settings* (its own block, the shared federated block with
+its overrides, model, partition, the dataset's extraction, and the effective settings of the
+methods it consumes). Runs with the same effective settings are the same run: they are
+trained once, under the first variant (in config order, `default` first) that needs them,
+and every other variant reads them from there. Partitions and embeddings are shared the same
+way, by their own settings.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from avfl.config import stable_hash, variant_configs
+from avfl.methods import get_method, methods
+
+VIDEO_FEATURES = ("manifest.tsv", "frames.npy", "fbank.npy", "norm_stats.json")
+REHEARSAL_FEATURES = ("manifest.tsv", "norm_stats.json")
+PARAMETER_FREE = {"fbank_stats", "color_stats"}
+REPORT_TABLES = ("csv", "md", "tex")
+FIGURE_FORMATS = ("pdf", "svg", "png")
+
+
+def _memo(fn):
+    """Per-instance memoisation of a method (the plan is computed once per workflow parse)."""
+
+    @functools.wraps(fn)
+    def wrapper(self, *args):
+        cache = self.__dict__.setdefault("_memo", {})
+        key = (fn.__name__, args)
+        if key not in cache:
+            cache[key] = fn(self, *args)
+        return cache[key]
+
+    return wrapper
+
+
+def rate_label(rate: float) -> str:
+    return f"{float(rate):g}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: where it lives and what it reads."""
+
+    dataset: str
+    variant: str  # the variant it is trained under (its canonical variant)
+    fold: int
+    method: str
+    rate: float | None
+    seed: int
+    dir: str
+    partition: str
+    consumes: tuple[tuple[str, str], ...] = ()  # (method, run directory)
+    reference: str | None = None  # the centralised reference's metrics.json
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.dir}/metrics.json"
+
+    @property
+    def model(self) -> str:
+        return f"{self.dir}/model.pt"
+
+
+@dataclass
+class TrainJob:
+    """Runs of one method and settings on one fold, trained together by one rule."""
+
+    name: str
+    dataset: str
+    variant: str
+    fold: int
+    method: str
+    settings: dict[str, Any]
+    config_hash: str
+    runs: list[Run]
+    features: str
+    embeddings: dict[str, str] | None
+    consumed_hashes: dict[str, str]
+    health: dict[str, Any]
+    gpu: bool
+    inputs: list[str] = field(default_factory=list)
+
+    def spec(self) -> str:
+        """The job's JSON for `avfl train --job` (what the rule's params carry)."""
+        runs = [
+            {
+                "rate": r.rate, "seed": r.seed, "out": r.dir, "partition": r.partition,
+                "consumes": dict(r.consumes), "reference": r.reference,
+            }
+            for r in self.runs
+        ]  # fmt: skip
+        return json.dumps(
+            {
+                "dataset": self.dataset, "variant": self.variant, "fold": self.fold,
+                "method": self.method, "settings": self.settings, "config_hash": self.config_hash,
+                "features": self.features, "embeddings": self.embeddings,
+                "consumed_hashes": self.consumed_hashes, "health": self.health, "runs": runs,
+            },
+            sort_keys=True,
+        )  # fmt: skip
+
+
+class Plan:
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = config
+        self.data = config["data_dir"]
+        self.experiment = config["experiment"]
+        self.name = self.experiment["name"]
+        self.variants = variant_configs(config)
+        self.datasets = config["run_datasets"]
+
+    # --- what is reported --------------------------------------------------------------
+
+    @functools.cached_property
+    def methods(self) -> list[str]:
+        return self.experiment["methods"] or methods("method")
+
+    @functools.cached_property
+    def references(self) -> list[str]:
+        return methods("reference")
+
+    @functools.cached_property
+    def rates(self) -> list[float]:
+        exp = self.experiment
+        rates = {rate_label(r) for r in exp["table1_rates"] + exp["figure3_rates"]}
+        if {"modalitymirror", "harmony"} <= set(self.methods):
+            rates.add(rate_label(exp["figure2_rate"]))
+        return sorted((float(r) for r in rates), key=float)
+
+    def dataset(self, name: str) -> dict[str, Any]:
+        return self.config["datasets"][name]
+
+    # --- shared settings and their canonical variants ------------------------------------
+
+    def _canonical(self, key_of) -> dict[str, str]:
+        """variant -> the first variant whose key_of(variant) is the same."""
+        first: dict[str, str] = {}
+        result = {}
+        for name in self.variants:
+            key = stable_hash(key_of(self.variants[name]))
+            result[name] = first.setdefault(key, name)
+        return result
+
+    @_memo
+    def partition_variant(self, variant: str) -> str:
+        return self._canonical(lambda c: c["partition"])[variant]
+
+    @_memo
+    def embed_variant(self, variant: str) -> str:
+        return self._canonical(lambda c: {m: c["model"][m] for m in ("audio", "visual")})[variant]
+
+    def partition_seed(self, variant: str, seed: int) -> int:
+        pinned = self.variants[variant]["partition"]["seed"]
+        return int(seed) if pinned is None else pinned
+
+    def partition_file(self, dataset: str, variant: str, fold: int, seed: int) -> str:
+        pv = self.partition_variant(variant)
+        return f"results/{dataset}/partition/{pv}/fold{fold}_seed{self.partition_seed(variant, seed)}.json"
+
+    def partition_settings(self, dataset: str, variant: str) -> str:
+        return json.dumps(self.variants[variant]["partition"], sort_keys=True)
+
+    def feature_files(self, dataset: str) -> dict[str, str]:
+        names = (
+            REHEARSAL_FEATURES if self.dataset(dataset)["source"] == "rehearsal" else VIDEO_FEATURES
+        )
+        return {n.split(".")[0]: f"{self.data}/features/{dataset}/{n}" for n in names}
+
+    def frozen(self, variant: str) -> bool:
+        return self.variants[variant]["model"]["mode"] == "frozen"
+
+    def embedding_files(self, dataset: str, variant: str, fold: int) -> dict[str, str]:
+        model = self.variants[variant]["model"]
+        ev = self.embed_variant(variant)
+        root = f"{self.data}/embeddings/{dataset}/{ev}"
+        return {
+            "audio": f"{root}/fold{fold}/audio_{model['audio']['backbone']}.npy",
+            "visual": f"{root}/visual_{model['visual']['backbone']}.npy",
+        }
+
+    def embed_settings(self, dataset: str, variant: str, modality: str) -> str:
+        cfg = self.variants[variant]
+        return json.dumps(
+            {"spec": cfg["model"][modality], "extract": self.dataset(dataset)["extract"],
+             "device": cfg["federated"]["device"]},
+            sort_keys=True,
+        )  # fmt: skip
+
+    def needs_gpu(self, variant: str, modality: str | None = None) -> bool:
+        """A GPU is asked for only where a backbone with parameters runs on an allowed device."""
+        cfg = self.variants[variant]
+        if cfg["federated"]["device"] == "cpu":
+            return False
+        backbones = [
+            cfg["model"][m]["backbone"] for m in ([modality] if modality else ("audio", "visual"))
+        ]
+        return any(b not in PARAMETER_FREE for b in backbones)
+
+    # --- runs -------------------------------------------------------------------------------
+
+    @_memo
+    def effective(self, dataset: str, variant: str, method: str) -> dict[str, Any]:
+        """Everything a run of `method` depends on, besides (fold, rate, seed)."""
+        cfg = self.variants[variant]
+        block = dict(cfg["methods"][method])
+        overrides = block.pop("federated", {})
+        spec = get_method(method)
+        return {
+            "model": cfg["model"],
+            "federated": {**cfg["federated"], **overrides},
+            "partition": cfg["partition"],
+            "extract": self.dataset(dataset)["extract"],
+            "method": block,
+            "consumes": {c: self.config_hash(dataset, variant, c) for c in spec.requires(block)},
+        }
+
+    @_memo
+    def config_hash(self, dataset: str, variant: str, method: str) -> str:
+        return stable_hash(self.effective(dataset, variant, method))
+
+    @_memo
+    def run_variant(self, dataset: str, variant: str, method: str) -> str:
+        own = self.config_hash(dataset, variant, method)
+        for name in self.variants:
+            if self.config_hash(dataset, name, method) == own:
+                return name
+        raise AssertionError("unreachable")
+
+    def run(
+        self, dataset: str, variant: str, fold: int, method: str, rate: float | None, seed: int
+    ) -> Run:
+        spec = get_method(method)
+        rate = rate if spec.uses_rate else None
+        rv = self.run_variant(dataset, variant, method)
+        path = f"results/{dataset}/runs/{rv}/fold{fold}/{method}"
+        path += f"/r{rate_label(rate)}/seed{seed}" if rate is not None else f"/seed{seed}"
+        block = self.variants[variant]["methods"][method]
+        consumes = tuple(
+            (c, self.run(dataset, variant, fold, c, rate, seed).dir) for c in spec.requires(block)
+        )
+        reference = None
+        if spec.role != "reference":
+            reference = (
+                self.run(dataset, variant, fold, self.references[0], None, seed).metrics
+                if self.references
+                else None
+            )
+        return Run(dataset, rv, fold, method, rate, seed, path,
+                   self.partition_file(dataset, variant, fold, seed), consumes, reference)  # fmt: skip
+
+    def variant_rates(self, variant: str) -> list[float]:
+        """The rates a variant runs: the experiment's, or `variant_rates` for the non-default ones
+        (the default variant keeps the experiment's grid, so its jobs stay those of the
+        configuration it overlays and nothing of it reruns)."""
+        chosen = self.experiment["variant_rates"]
+        if variant == "default" or chosen is None:
+            return self.rates
+        return sorted({float(rate_label(r)) for r in chosen})
+
+    def reported_runs(self, dataset: str, variant: str) -> list[Run]:
+        """The runs behind a variant's Table 1 and figures (methods and references)."""
+        runs = []
+        for fold in self.dataset(dataset)["folds"]:
+            for seed in self.experiment["seeds"]:
+                for method in self.methods + self.references:
+                    rates = self.variant_rates(variant) if get_method(method).uses_rate else [None]
+                    runs += [self.run(dataset, variant, fold, method, rate, seed) for rate in rates]
+        return runs
+
+    @functools.cached_property
+    def all_runs(self) -> list[Run]:
+        """Every run to train: the reported ones and what they consume, each once."""
+        found: dict[str, Run] = {}
+        pending = [
+            r for d in self.datasets for v in self.variants for r in self.reported_runs(d, v)
+        ]
+        while pending:
+            run = pending.pop()
+            if run.dir in found:
+                continue
+            found[run.dir] = run
+            for method, _ in run.consumes:
+                pending.append(
+                    self.run(run.dataset, run.variant, run.fold, method, run.rate, run.seed)
+                )
+        return sorted(found.values(), key=lambda r: r.dir)
+
+    # --- jobs ---------------------------------------------------------------------------------
+
+    @functools.cached_property
+    def jobs(self) -> list[TrainJob]:
+        groups: dict[tuple, list[Run]] = {}
+        for run in self.all_runs:
+            groups.setdefault((run.dataset, run.variant, run.fold, run.method), []).append(run)
+        jobs = []
+        for (dataset, variant, fold, method), runs in sorted(groups.items()):
+            for chunk in self._chunks(runs):
+                jobs.append(self._job(dataset, variant, fold, method, chunk))
+        return jobs
+
+    def _chunks(self, runs: list[Run]) -> list[list[Run]]:
+        """Whole seeds per job (see experiment.runs_per_job), runs ordered by (seed, rate)."""
+        per_job = self.experiment["runs_per_job"]
+        by_seed: dict[int, list[Run]] = {}
+        for run in sorted(runs, key=lambda r: (r.seed, -1.0 if r.rate is None else r.rate)):
+            by_seed.setdefault(run.seed, []).append(run)
+        if per_job is None:
+            return list(by_seed.values())
+        if per_job == 0:
+            return [sorted(runs, key=lambda r: (r.seed, -1.0 if r.rate is None else r.rate))]
+        chunks: list[list[Run]] = []
+        current: list[Run] = []
+        for seed_runs in by_seed.values():
+            if len(seed_runs) > per_job:
+                if current:
+                    chunks.append(current)
+                    current = []
+                chunks += [seed_runs[i : i + per_job] for i in range(0, len(seed_runs), per_job)]
+            elif len(current) + len(seed_runs) > per_job:
+                chunks.append(current)
+                current = list(seed_runs)
+            else:
+                current += seed_runs
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _job(self, dataset: str, variant: str, fold: int, method: str, runs: list[Run]) -> TrainJob:
+        seeds = sorted({r.seed for r in runs})
+        label = f"s{seeds[0]}" + (f"-{seeds[-1]}" if len(seeds) > 1 else "")
+        rated = [r.rate for r in runs if r.rate is not None]
+        if rated and len(runs) < len(self.rates) * len(seeds):
+            label += f"_r{rate_label(min(rated))}-{rate_label(max(rated))}"
+        name = f"train_{dataset}_{variant}_fold{fold}_{method}_{label}".replace(".", "p").replace(
+            "-", "_"
+        )
+        frozen = self.frozen(variant)
+        embeddings = self.embedding_files(dataset, variant, fold) if frozen else None
+        features = self.feature_files(dataset)
+        inputs = [features["manifest"]]
+        inputs += list(embeddings.values()) if frozen else [features["fbank"], features["frames"]]
+        for run in runs:
+            inputs.append(run.partition)
+            inputs += [f"{d}/model.pt" for _, d in run.consumes]
+            if run.reference:
+                inputs.append(run.reference)
+        spec = get_method(method)
+        block = self.variants[variant]["methods"][method]
+        return TrainJob(
+            name=name, dataset=dataset, variant=variant, fold=fold, method=method,
+            settings=self.effective(dataset, variant, method),
+            config_hash=self.config_hash(dataset, variant, method), runs=runs,
+            features=f"{self.data}/features/{dataset}", embeddings=embeddings,
+            consumed_hashes={c: self.config_hash(dataset, variant, c) for c in spec.requires(block)},
+            health=self.config["health"], gpu=self.needs_gpu(variant),
+            inputs=sorted(set(inputs)),
+        )  # fmt: skip
+
+    # --- partitions, embeddings, reports ------------------------------------------------------
+
+    @functools.cached_property
+    def partition_targets(self) -> list[str]:
+        return sorted({r.partition for r in self.all_runs})
+
+    @functools.cached_property
+    def embedding_targets(self) -> list[str]:
+        found = set()
+        for run in self.all_runs:
+            if self.frozen(run.variant):
+                found |= set(self.embedding_files(run.dataset, run.variant, run.fold).values())
+        return sorted(found)
+
+    def report_dir(self) -> str:
+        return f"results/report/{self.name}"
+
+    def report_runs(self) -> list[str]:
+        """Every metrics.json the experiment's reports read."""
+        return sorted(
+            {
+                r.metrics
+                for d in self.datasets
+                for v in self.variants
+                for r in self.reported_runs(d, v)
+            }
+        )
+
+    def report_settings(self) -> str:
+        exp = self.experiment
+        return json.dumps(
+            {
+                "datasets": {d: self.dataset(d)["report_metric"] for d in self.datasets},
+                "table1_rates": exp["table1_rates"], "figure2_rate": exp["figure2_rate"],
+                "figure3_rates": exp["figure3_rates"], "methods": self.methods,
+                "references": self.references, "variants": list(self.variants),
+                "report_variants": exp["report_variants"],
+                "changed": {d: self.changed_methods(d) for d in self.datasets},
+                "sources": {
+                    d: {
+                        v: {m: self.run_variant(d, v, m) for m in self.methods + self.references}
+                        for v in self.variants
+                    }
+                    for d in self.datasets
+                },
+            },
+            sort_keys=True,
+        )  # fmt: skip
+
+    def changed_methods(self, dataset: str) -> dict[str, list[str]]:
+        """variant -> the methods whose runs it changes (trains under its own name)."""
+        return {
+            v: [m for m in self.methods if self.run_variant(dataset, v, m) == v]
+            for v in self.variants
+            if v != "default"
+        }
+
+    def report_files(self) -> dict[str, list[str]]:
+        out = self.report_dir()
+        files = {
+            "table1": [f"{out}/table1.{e}" for e in REPORT_TABLES],
+            "fig2": [f"{out}/fig2_label_f1.{e}" for e in FIGURE_FORMATS],
+            "fig3": [f"{out}/fig3_missing_rate.{e}" for e in FIGURE_FORMATS],
+        }
+        if len(self.variants) > 1:
+            files["ablations"] = [f"{out}/ablations.{e}" for e in REPORT_TABLES]
+            files["fig3_variants"] = [f"{out}/fig3_variants.{e}" for e in FIGURE_FORMATS]
+        return files
+
+    def all_targets(self) -> list[str]:
+        targets = []
+        for name in self.datasets:
+            targets += list(self.feature_files(name).values())
+        targets += self.partition_targets + self.embedding_targets + self.report_runs()
+        targets.append(f"{self.report_dir()}/runs.csv")
+        targets += [f for files in self.report_files().values() for f in files]
+        return sorted(set(targets))

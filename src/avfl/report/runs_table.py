@@ -1,0 +1,46 @@
+"""runs.csv: one row per (run, evaluated model), from the runs' metrics.json only."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+COLUMNS = [
+    "dataset", "variant", "fold", "method", "role", "model", "rate", "seed", "top1", "top5",
+    "macro_f1", "n_test", "health_ok", "health_findings", "client_trainings", "local_steps",
+    "batch_size", "device", "wall_time_s", "peak_memory_mb", "config_hash", "path",
+]  # fmt: skip
+
+
+def runs_csv(paths: Iterable[str | Path]) -> str:
+    handle = io.StringIO()
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for path in sorted(map(str, paths)):
+        r = json.loads(Path(path).read_text())
+        models = {"audio": r["test"], **r.get("test_by_model", {})}
+        health = r.get("health", {})
+        total = r.get("budget", {}).get("total", {})
+        for model, test in models.items():
+            findings = sorted(
+                {
+                    f["check"]
+                    for f in health.get("findings", [])
+                    if f["model"] in (model, *r.get("rounds", {}))
+                }
+            )
+            writer.writerow([
+                r["dataset"], r.get("variant", "default"), r["fold"], r["method"], r.get("role", "method"),
+                model, "" if r["rate"] is None else r["rate"], r["seed"], test["top1"], test["top5"],
+                test["macro_f1"], test["n"], int(health.get("ok", True)), ";".join(findings),
+                total.get("client_trainings", ""), total.get("local_steps", ""), r.get("batch_size", 1),
+                r["device"].split(" ")[0], r["wall_time_s"], r["peak_memory_mb"], r["config_hash"], path,
+            ])  # fmt: skip
+    return handle.getvalue()
+
+
+def write_runs_csv(paths: Iterable[str | Path], out: str | Path) -> None:
+    Path(out).write_text(runs_csv(paths))

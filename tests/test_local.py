@@ -1,0 +1,90 @@
+"""Local training of stacked rows: a row's result does not depend on the rows beside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from avfl.fl.data import FederatedData
+from avfl.fl.local import train_rows
+from avfl.fl.optimizer import RowOptimizer
+from avfl.fl.tasks import AudioTask, AVTask
+from avfl.fl.types import TrainSettings
+from avfl.models.heads import AVModel
+
+SHAPES = [
+    (256, 70, 12, 64),
+    (768, 512, 51, 128),
+    (33, 17, 7, 24),
+]  # audio dim, visual dim, classes, hidden
+SIZES = (7, 40, 23, 64, 3, 33, 9)
+
+
+def cfg(optimizer="adam"):
+    return TrainSettings(local_epochs=2, batch_size=8, lr=2e-3, optimizer=optimizer, weight_decay=1e-4,
+                         eval_every=5, selection="best_dev", checkpoint_every=10)  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(
+    "task", [AudioTask(), AVTask(), AVTask(audio_head_weight=1.0)], ids=["audio", "av", "av+head"]
+)
+def test_a_row_trains_bitwise_alike_alone_and_in_any_company(shape, task):
+    torch.set_num_threads(1)
+    da, dv, classes, hidden = shape
+    torch.manual_seed(0)
+    n = 400
+    data = FederatedData(audio=torch.randn(n, da), visual=torch.randn(n, dv), labels=torch.randint(0, classes, (n,)),
+                         clients=[], dev=torch.arange(4), test=torch.arange(4), n_classes=classes, class_names=[],
+                         audio_only=frozenset())  # fmt: skip
+    starts = []
+    for seed in range(len(SIZES)):
+        torch.manual_seed(seed)
+        starts.append(AVModel(da, dv, classes, hidden, 0.1).state_dict())
+    indices = [torch.randint(0, n, (size,)) for size in SIZES]
+    template = AVModel(da, dv, classes, hidden, 0.1)
+    alone = [
+        train_rows(template, task, [starts[i]], [indices[i]], [i], data, cfg())[0]
+        for i in range(len(SIZES))
+    ]
+    for combo in ([0, 1, 2, 3, 4, 5, 6], [5, 3, 1], [6, 4, 2, 0, 1]):
+        together = train_rows(
+            template,
+            task,
+            [starts[i] for i in combo],
+            [indices[i] for i in combo],
+            combo,
+            data,
+            cfg(),
+        )
+        for i, row in zip(combo, together, strict=True):
+            assert row.steps == alone[i].steps
+            for name, value in alone[i].state.items():
+                assert torch.equal(row.state[name], value), (combo, i, name)
+
+
+def test_padding_of_the_optimizer_buffers_stays_zero_and_views_hold_the_parameters():
+    stacked = {"w": torch.randn(3, 5, 7), "b": torch.randn(3, 7)}
+    optimizer = RowOptimizer({k: v.clone() for k, v in stacked.items()}, cfg())
+    for name, value in stacked.items():
+        assert torch.equal(optimizer.params[name], value)
+        assert optimizer.buffers[name].shape[1] % 64 == 0
+    optimizer.step({k: torch.ones_like(v) for k, v in stacked.items()})
+    for name, value in stacked.items():
+        n = value[0].numel()
+        assert torch.all(optimizer.buffers[name][:, n:] == 0)
+        assert torch.all(optimizer.params[name] < value)  # every real element took a step down
+
+
+def test_padded_adam_equals_pytorchs_adam_on_one_row():
+    torch.manual_seed(0)
+    start = torch.randn(1, 13)
+    grads = [torch.randn(1, 13) for _ in range(4)]
+    ours = RowOptimizer({"p": start.clone()}, cfg())
+    reference = start.clone().requires_grad_(False)
+    torch_adam = torch.optim.Adam([reference], lr=2e-3, weight_decay=1e-4)
+    for g in grads:
+        ours.step({"p": g})
+        reference.grad = g.clone()
+        torch_adam.step()
+    torch.testing.assert_close(ours.params["p"], reference, rtol=1e-6, atol=1e-7)

@@ -1,0 +1,122 @@
+"""The plan: which runs exist, which variant trains them, how they are batched into jobs."""
+
+from avfl.config import deep_update, validate_config
+from avfl.plan import Plan
+
+from .conftest import tiny_config
+
+
+def plan(**update) -> Plan:
+    config = tiny_config()
+    deep_update(
+        config,
+        {
+            "experiment": {
+                "seeds": [0, 1],
+                "table1_rates": [0.2, 0.5],
+                "figure3_rates": [0.2, 0.5, 0.8],
+                "figure2_rate": 0.5,
+            }
+        },
+    )
+    deep_update(config, update)
+    return Plan(validate_config(config))
+
+
+def methods_trained(p: Plan, variant: str) -> set[str]:
+    return {j.method for j in p.jobs if j.variant == variant}
+
+
+def test_a_modalitymirror_overlay_trains_only_modalitymirror():
+    p = plan(experiment={"variants": {"ce": {"methods.modalitymirror.ce_weight": 0.5}}})
+    assert methods_trained(p, "ce") == {"modalitymirror"}
+    (mm,) = [
+        r for r in p.all_runs if r.variant == "ce" and r.rate == 0.5 and r.seed == 0 and r.fold == 1
+    ]
+    assert dict(mm.consumes)["multifl"].startswith(
+        "results/tiny/runs/default/"
+    )  # reads default's MultiFL
+    assert p.changed_methods("tiny") == {"ce": ["modalitymirror"]}
+
+
+def test_a_multifl_overlay_retrains_what_consumes_multifl():
+    p = plan(
+        experiment={"variants": {"head": {"methods.multifl.multimodal_audio_head_weight": 1.0}}}
+    )
+    assert methods_trained(p, "head") == {"multifl", "modalitymirror"}
+    assert p.config_hash("tiny", "head", "modalitymirror") != p.config_hash(
+        "tiny", "default", "modalitymirror"
+    )
+
+
+def test_a_federated_overlay_retrains_everything_and_the_reference_but_no_partition():
+    p = plan(experiment={"variants": {"long": {"federated.rounds": 300}}})
+    assert methods_trained(p, "long") == {
+        "unifl",
+        "multifl",
+        "harmony",
+        "modalitymirror",
+        "fedprox",
+        "fedadam",
+        "bmsfed",
+        "centralised",
+    }
+    assert all("/partition/default/" in r.partition for r in p.all_runs)
+
+
+def test_a_partition_overlay_has_its_own_partitions():
+    p = plan(experiment={"variants": {"iid": {"partition.alpha": 100.0}}})
+    assert {r.partition.split("/")[3] for r in p.all_runs} == {"default", "iid"}
+
+
+def test_identical_variants_share_runs():
+    p = plan(
+        experiment={
+            "variants": {"a": {"methods.fedprox.mu": 0.5}, "b": {"methods.fedprox.mu": 0.5}}
+        }
+    )
+    assert methods_trained(p, "a") == {"fedprox"} and methods_trained(p, "b") == set()
+
+
+def test_jobs_hold_whole_seeds_by_default_and_pack_to_runs_per_job():
+    default = plan()
+    multifl = [j for j in default.jobs if j.method == "multifl" and j.fold == 1]
+    assert [sorted((r.seed, r.rate) for r in j.runs) for j in multifl] == [
+        [(0, 0.2), (0, 0.5), (0, 0.8)], [(1, 0.2), (1, 0.5), (1, 0.8)]]  # fmt: skip
+    assert len({r.dir for j in default.jobs for r in j.runs}) == sum(
+        len(j.runs) for j in default.jobs
+    )
+    assert [
+        len(j.runs)
+        for j in plan(experiment={"runs_per_job": 0}).jobs
+        if j.method == "multifl" and j.fold == 1
+    ] == [6]
+    assert [
+        len(j.runs)
+        for j in plan(experiment={"runs_per_job": 1}).jobs
+        if j.method == "multifl" and j.fold == 1
+    ] == [1] * 6
+    assert [
+        len(j.runs)
+        for j in plan(experiment={"runs_per_job": 4}).jobs
+        if j.method == "multifl" and j.fold == 1
+    ] == [3, 3]
+
+
+def test_gpus_are_asked_for_only_by_backbones_with_parameters():
+    cpu_backbones = plan()
+    assert not any(j.gpu for j in cpu_backbones.jobs) and not cpu_backbones.needs_gpu(
+        "default", "audio"
+    )
+    paper = plan(model={"audio": {"backbone": "ssast"}, "visual": {"backbone": "resnet18"}})
+    assert all(j.gpu for j in paper.jobs)
+    assert not plan(model={"audio": {"backbone": "ssast"}}, federated={"device": "cpu"}).needs_gpu(
+        "default"
+    )
+
+
+def test_reports_are_named_by_experiment():
+    p = plan(experiment={"name": "mine"})
+    assert p.report_dir() == "results/report/mine"
+    assert "results/report/mine/table1.md" in p.all_targets()
+    assert not any(t.startswith("results/report/main") for t in p.all_targets())

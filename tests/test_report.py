@@ -1,0 +1,101 @@
+"""Table 1, the ablation table and the figures, from hand-made run records."""
+
+from __future__ import annotations
+
+from avfl.report import figures, tables
+
+
+def record(method, rate, seed, top1, fold=1, ok=True, role="method", variant="default", **models):
+    confusion = [[1, 0], [0, 1]]
+    test = {
+        "n": 2,
+        "top1": top1,
+        "top5": 1.0,
+        "macro_f1": top1,
+        "per_class_f1": [top1, top1],
+        "confusion": confusion,
+    }
+    by_model = {k: {**test, "top1": v} for k, v in models.items()}
+    return {"dataset": "synthetic", "method": method, "rate": rate, "seed": seed, "fold": fold, "role": role,
+            "variant": variant, "test": test, "test_by_model": by_model, "classes": ["a", "b"],
+            "health": {"ok": ok, "findings": [] if ok else [{"check": "near_chance", "model": "audio", "message": "x"}]},
+            "budget": {"total": {"client_trainings": 10, "local_steps": 30}}}  # fmt: skip
+
+
+RUNS = [
+    record("multifl", 0.5, 0, 0.40), record("multifl", 0.5, 1, 0.50),
+    record("multifl", 0.5, 0, 0.60, fold=2), record("multifl", 0.5, 1, 0.70, fold=2, ok=False),
+    record("harmony", None, 0, 0.55), record("harmony", None, 1, 0.65),
+    record("centralised", None, 0, 0.90, role="reference", visual=0.95, av=0.97, probe_audio=0.92, probe_visual=0.96),
+    record("centralised", None, 1, 0.80, role="reference", visual=0.85, av=0.87, probe_audio=0.82, probe_visual=0.86),
+]  # fmt: skip
+
+
+def test_cells_are_mean_and_std_over_seeds_of_the_fold_mean_with_references_and_daggers():
+    rows = tables.table1_rows(
+        {"synthetic": RUNS}, {"synthetic": "top1"}, [0.5], ["multifl", "harmony"], ["centralised"]
+    )
+    cell = {(r["method"], r["model"]): r for r in rows}
+    multifl = cell[("multifl", "audio")]
+    # seed 0: (40 + 60) / 2 = 50; seed 1: (50 + 70) / 2 = 60
+    assert abs(multifl["mean"] - 55.0) < 1e-9 and abs(multifl["std"] - 7.0710678) < 1e-6
+    assert multifl["n_runs"] == 4 and multifl["unhealthy"] == 1
+    assert cell[("harmony", "audio")]["mean"] == 60.0  # the rate-free run fills every rate
+    assert (
+        cell[("centralised", "av")]["mean"] == 92.0
+        and cell[("centralised", "probe_visual")]["mean"] == 91.0
+    )
+    markdown = tables.table1_markdown(rows, [0.5], tables.budget_notes(RUNS, ["multifl"]))
+    assert "55.00† (± 7.07)" in markdown and "*Centralised (audio-visual)*" in markdown
+    assert (
+        "**60.00 (± 7.07) n=2**" in markdown
+    )  # the best method in bold; references are not competitors
+    assert (
+        "failed the learning-health check" in markdown
+        and "MultiFL: 10 client trainings" in markdown
+    )
+    latex = tables.table1_latex(rows, [0.5])
+    assert (
+        "$^\\dagger$" in latex
+        and "\\cmidrule" in latex
+        and "Centralised (linear probe, audio)" in latex
+    )
+
+
+def test_ablation_rows_give_the_paired_change_against_default():
+    variant = [
+        dict(r, variant="hot", test={**r["test"], "top1": r["test"]["top1"] + 0.1})
+        for r in RUNS
+        if r["method"] == "multifl"
+    ]
+    rows = tables.ablation_rows(
+        {"default": RUNS, "hot": variant}, {"hot": ["multifl"]}, "top1", [0.5], "synthetic"
+    )
+    (row,) = rows
+    assert (
+        abs(row["mean"] - 65.0) < 1e-9
+        and abs(row["delta"] - 10.0) < 1e-9
+        and row["delta_std"] < 1e-9
+    )
+    assert "| hot | MultiFL | 65.00† (+10.00 ± 0.00) |" in tables.ablation_markdown(rows, [0.5])
+
+
+def test_figure3_draws_every_method_and_the_reference_lines(tmp_path):
+    labels = figures.figure3({"synthetic": RUNS}, {"synthetic": "top1"}, [0.5], ["multifl", "harmony"],
+                             [tmp_path / "f.png", tmp_path / "f.pdf"], ["centralised"])  # fmt: skip
+    assert labels == [
+        "MultiFL †",
+        "Harmony",
+        "Centralised (audio)",
+        "Centralised (linear probe, audio)",
+    ]
+    first = (tmp_path / "f.pdf").read_bytes()
+    figures.figure3(
+        {"synthetic": RUNS},
+        {"synthetic": "top1"},
+        [0.5],
+        ["multifl", "harmony"],
+        [tmp_path / "f.pdf"],
+        ["centralised"],
+    )
+    assert (tmp_path / "f.pdf").read_bytes() == first  # no timestamps: the same bytes on rerun
