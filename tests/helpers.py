@@ -35,6 +35,7 @@ def tiny_workflow_config(path: Path, partition: dict | None = None, seeds: tuple
             "figure3_rates": [],
             "figure2_rate": 0.5,
             "methods": ["unifl", "multifl", "harmony", "modalitymirror"],
+            "runs_per_job": None,  # one job per seed (the default): a new seed adds jobs only
             **(experiment or {}),
         },
         "federated": {"rounds": 3, "clients_per_round": 4, "eval_every": 1, "device": "cpu"},

@@ -65,7 +65,9 @@ def test_a_row_trains_bitwise_alike_alone_and_in_any_company(shape, task):
 
 def test_padding_of_the_optimizer_buffers_stays_zero_and_views_hold_the_parameters():
     stacked = {"w": torch.randn(3, 5, 7), "b": torch.randn(3, 7)}
-    optimizer = RowOptimizer({k: v.clone() for k, v in stacked.items()}, cfg())
+    optimizer = RowOptimizer(
+        [{k: v[i] for k, v in stacked.items()} for i in range(3)], list(stacked), cfg()
+    )
     for name, value in stacked.items():
         assert torch.equal(optimizer.params[name], value)
         assert optimizer.buffers[name].shape[1] % 64 == 0
@@ -80,7 +82,7 @@ def test_padded_adam_equals_pytorchs_adam_on_one_row():
     torch.manual_seed(0)
     start = torch.randn(1, 13)
     grads = [torch.randn(1, 13) for _ in range(4)]
-    ours = RowOptimizer({"p": start.clone()}, cfg())
+    ours = RowOptimizer([{"p": start[0]}], ["p"], cfg())
     reference = start.clone().requires_grad_(False)
     torch_adam = torch.optim.Adam([reference], lr=2e-3, weight_decay=1e-4)
     for g in grads:

@@ -373,17 +373,18 @@ def run_job(
 
 
 def versions() -> dict[str, str]:
-    import torchaudio
-    import torchvision
+    """Library versions, from the installed distributions (importing torchvision and
+    torchaudio only to read their versions would cost every job a second)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "avfl": avfl.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchaudio": torchaudio.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-    }
+    found = {"avfl": avfl.__version__, "python": platform.python_version(), "torch": torch.__version__,
+             "numpy": np.__version__}  # fmt: skip
+    for name in ("torchaudio", "torchvision", "scikit-learn", "snakemake"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
 
 
 def _device_name(device: torch.device) -> str:

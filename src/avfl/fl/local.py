@@ -125,9 +125,7 @@ def train_rows(
     buffers = {n for n, _ in model.named_buffers()}
     names = _read_names(model, task, starts[0])
     device = data.audio.device
-    optimizer = RowOptimizer(
-        {n: torch.stack([s[n].detach() for s in starts]) for n in trained}, cfg
-    )
+    optimizer = RowOptimizer(starts, trained, cfg)
     params = optimizer.params
     fixed = {n: torch.stack([s[n].detach() for s in starts]) for n in names if n not in trained_set}
     # Float buffers of trained groups (BatchNorm statistics) travel with the trained state.

@@ -15,7 +15,7 @@ fused kernel (one pass per step), SGD its multi-tensor form.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -27,18 +27,25 @@ ALIGN = 64  # elements: a multiple of every vector width and unroll of the fused
 class RowOptimizer:
     """Owns the stacked parameters: `params[name]` is a (rows, ...) view of a padded buffer."""
 
-    def __init__(self, stacked: Mapping[str, torch.Tensor], cfg: TrainSettings):
+    def __init__(
+        self, starts: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str], cfg: TrainSettings
+    ):
+        """`starts[i][name]`: row i's starting value of each parameter `name` (copied in)."""
         self.buffers: dict[str, torch.Tensor] = {}
         self.grads: dict[str, torch.Tensor] = {}
         self.params: dict[str, torch.Tensor] = {}
-        for name, value in stacked.items():
-            rows, n = value.shape[0], value[0].numel()
+        rows = len(starts)
+        for name in names:
+            first = starts[0][name]
+            n = first.numel()
             padded = math.ceil(max(n, 1) / ALIGN) * ALIGN
-            buffer = torch.zeros(rows, padded, dtype=value.dtype, device=value.device)
-            buffer[:, :n] = value.reshape(rows, n)
+            buffer = torch.zeros(rows, padded, dtype=first.dtype, device=first.device)
+            view = buffer[:, :n].view(rows, *first.shape)
+            for i, start in enumerate(starts):
+                view[i].copy_(start[name])
             self.buffers[name] = buffer
             self.grads[name] = torch.zeros_like(buffer)
-            self.params[name] = buffer[:, :n].view(value.shape)
+            self.params[name] = view
             buffer.grad = self.grads[name]
         kind = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.SGD
         options = {"fused": True} if cfg.optimizer == "adam" else {"foreach": True}

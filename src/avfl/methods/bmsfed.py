@@ -162,7 +162,15 @@ class BMSFedServer:
         self.seed = context.seed
         self.batch = context.settings.batch_size
         self.scratch = copy.deepcopy(context.model).eval()  # evaluates only: never trained
-        self.embedders = {m: _Embed(self.scratch, m) for m in ("audio", "visual")}
+        own = self.scratch.state_dict(keep_vars=True)
+        self.encoder_tensors = {
+            m: {
+                n: t
+                for n, t in own.items()
+                if n.split(".", 1)[0] in (f"{m}_input", f"{m}_backbone", f"{m}_encoder")
+            }
+            for m in ("audio", "visual")
+        }
         self.chi = settings["chi"]
         self.candidates = settings["candidates"]
         self.timing = settings["prototype_timing"]
@@ -182,7 +190,6 @@ class BMSFedServer:
     def _class_sums(self, state, clients) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per modality: (sum of embeddings per class, count per class) over `clients`' samples."""
         import torch
-        from torch.func import functional_call
 
         k = self.data.n_classes
         out = {}
@@ -193,9 +200,9 @@ class BMSFedServer:
                     continue
                 idx = torch.cat([self.data.clients[c] for c in chosen])
                 x = getattr(self.data, modality)[idx]
-                parts = (f"{modality}_input", f"{modality}_backbone", f"{modality}_encoder")
-                tensors = {f"model.{n}": v for n, v in state.items() if n.split(".", 1)[0] in parts}
-                z = functional_call(self.embedders[modality], tensors, (x,)).double()
+                for name, tensor in self.encoder_tensors[modality].items():
+                    tensor.copy_(state[name])  # this client's encoder into the scratch model
+                z = getattr(self.scratch, f"{modality}_embedding")(x).double()
                 labels = self.data.labels[idx]
                 sums = torch.zeros(k, z.shape[1], dtype=torch.float64, device=z.device).index_add_(
                     0, labels, z
@@ -362,15 +369,14 @@ class BMSFedServer:
             self.rows[store][client] = rows[client]
             self.has_row[store][client] = True
         have = np.flatnonzero(self.has_row[store])
-        d = (
-            torch.cdist(
-                self.rows[store][clients],
-                self.rows[store][have],
-                compute_mode="donot_use_mm_for_euclid_dist",
-            )
-            .double()
-            .numpy()
+        fresh = torch.stack([rows[c] for c in clients])
+        every = self.rows[store]
+        squared = (
+            (fresh * fresh).sum(1)[:, None]
+            + (every * every).sum(1)[None, :]
+            - 2.0 * (fresh @ every.T)
         )
+        d = squared.double().clamp_min(0.0).sqrt().numpy()[:, have]  # L2 distances (Gram form)
         for i, client in enumerate(clients):
             self.dist[store][client, have] = d[i]
             self.dist[store][have, client] = d[i]
@@ -427,28 +433,6 @@ class BMSFedServer:
         self.has_row = {k: v.copy() for k, v in saved["has_row"].items()}
         self.dist = {k: v.copy() for k, v in saved["dist"].items()}
         self.assigned = dict(saved["assigned"])
-
-
-@functools.cache
-def _embedder_class():
-    import torch
-
-    class Embed(torch.nn.Module):
-        """A model's `<modality>_embedding` as a forward, for functional_call."""
-
-        def __init__(self, model, modality: str):
-            super().__init__()
-            self.model = model
-            self.modality = modality
-
-        def forward(self, x):
-            return getattr(self.model, f"{self.modality}_embedding")(x)
-
-    return Embed
-
-
-def _Embed(model, modality):
-    return _embedder_class()(model, modality)
 
 
 def torch_cat(*rows):
