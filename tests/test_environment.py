@@ -48,3 +48,16 @@ def test_the_installed_ml_stack_is_the_locked_one():
     pins = locked()
     for name in ("torch", "torchvision", "torchaudio", "numpy", "snakemake", "scikit-learn"):
         assert version(name) == pins[name], name
+
+
+def test_readme_commands_are_the_ones_ci_runs():
+    """The README's first code block holds the newcomer's two commands; .ci/run runs the second."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", readme, re.S)
+    assert block and readme.index("```bash") < 200, "the README must open with the two commands"
+    run_pipeline, run_tests = block[1].strip().splitlines()
+    assert run_pipeline.endswith("snakemake --cores 2 all") and run_tests.endswith("pytest")
+    install = run_tests.removesuffix(".venv/bin/pytest")
+    assert run_pipeline.startswith(install), "both commands must install the same environment"
+    ci = (REPO / ".ci/run").read_text().splitlines()
+    assert run_tests in ci, f".ci/run must run the README's test command: {run_tests}"

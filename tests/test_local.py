@@ -90,3 +90,28 @@ def test_padded_adam_equals_pytorchs_adam_on_one_row():
         reference.grad = g.clone()
         torch_adam.step()
     torch.testing.assert_close(ours.params["p"], reference, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_direct_kernels_step_exactly_as_torch_optim_does(optimizer):
+    """RowOptimizer calls the fused/foreach kernels itself: bit for bit torch.optim's step."""
+    torch.manual_seed(1)
+    starts = [{"w": torch.randn(5, 7), "b": torch.randn(7)} for _ in range(3)]
+    settings = cfg(optimizer=optimizer)
+    ours = RowOptimizer(starts, ["w", "b"], settings)
+    theirs = {n: b.clone() for n, b in ours.buffers.items()}
+    kind = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    option = {"fused": True} if optimizer == "adam" else {"foreach": True}
+    reference = kind(
+        list(theirs.values()), lr=settings.lr, weight_decay=settings.weight_decay, **option
+    )
+    for _ in range(5):
+        grads = {n: torch.randn(3, *p.shape[1:]) for n, p in ours.params.items()}
+        ours.step(grads)
+        for n, g in grads.items():
+            padded = torch.zeros_like(theirs[n])
+            padded[:, : g[0].numel()] = g.reshape(3, -1)
+            theirs[n].grad = padded
+        reference.step()
+    for n in theirs:
+        assert torch.equal(ours.buffers[n], theirs[n]), n

@@ -1,9 +1,12 @@
 """The plan: which runs exist, which variant trains them, how they are batched into jobs."""
 
+import pytest
+import yaml
+
 from avfl.config import deep_update, validate_config
 from avfl.plan import Plan
 
-from .conftest import tiny_config
+from .conftest import REPO, tiny_config
 
 
 def plan(**update) -> Plan:
@@ -120,3 +123,30 @@ def test_reports_are_named_by_experiment():
     assert p.report_dir() == "results/report/mine"
     assert "results/report/mine/table1.md" in p.all_targets()
     assert not any(t.startswith("results/report/main") for t in p.all_targets())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        ["ablations.yaml"],
+        ["rehearsal.yaml"],
+        ["ucf101.yaml", "ablations.yaml"],
+        ["cremad.yaml"],
+    ],
+)
+def test_training_rule_names_are_unique_and_short_enough_for_cluster_group_jobs(extra):
+    """A group job is named after its first five rules; its log folder must stay under 255 bytes."""
+    from avfl.config import load_config
+    from avfl.plan import RULE_NAME_MAX
+
+    config = load_config([REPO / "config/config.yaml", *[REPO / "config" / f for f in extra]])
+    names = [job.name for job in Plan(config).jobs]
+    assert len(set(names)) == len(names)
+    assert max(map(len, names)) <= RULE_NAME_MAX
+    assert len("group_train_" + "_".join(sorted(names, key=len)[-5:]) + "_...") < 255
+
+
+def test_the_slurm_profile_names_job_scripts_without_the_group_name():
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    assert "{name}" not in profile["jobname"] and "{jobid}" in profile["jobname"]

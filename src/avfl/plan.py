@@ -16,6 +16,7 @@ way, by their own settings.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,21 @@ def _memo(fn):
 
 def rate_label(rate: float) -> str:
     return f"{float(rate):g}"
+
+
+RULE_NAME_MAX = 46
+
+
+def short_rule_name(name: str) -> str:
+    """A training rule's name, at most RULE_NAME_MAX characters (a readable prefix and a hash).
+
+    Cluster executors name a group job after its group and its first five rule names and use
+    that name in file and log-folder names (the SLURM plugin: `group_<name>`): longer rule
+    names pass the filesystem's 255-byte limit and the group job is never submitted."""
+    if len(name) <= RULE_NAME_MAX:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[: RULE_NAME_MAX - 9].rstrip('_')}_{digest}"
 
 
 @dataclass(frozen=True)
@@ -343,8 +359,11 @@ class Plan:
         rated = [r.rate for r in runs if r.rate is not None]
         if rated and len(runs) < len(self.rates) * len(seeds):
             label += f"_r{rate_label(min(rated))}-{rate_label(max(rated))}"
-        name = f"train_{dataset}_{variant}_fold{fold}_{method}_{label}".replace(".", "p").replace(
-            "-", "_"
+        variant_part = "" if variant == "default" else f"_{variant}"
+        name = short_rule_name(
+            f"train_{method}_{dataset}{variant_part}_f{fold}_{label}".replace(".", "p").replace(
+                "-", "_"
+            )
         )
         frozen = self.frozen(variant)
         embeddings = self.embedding_files(dataset, variant, fold) if frozen else None
