@@ -360,11 +360,12 @@ class Plan:
         if rated and len(runs) < len(self.rates) * len(seeds):
             label += f"_r{rate_label(min(rated))}-{rate_label(max(rated))}"
         variant_part = "" if variant == "default" else f"_{variant}"
-        name = short_rule_name(
-            f"train_{method}_{dataset}{variant_part}_f{fold}_{label}".replace(".", "p").replace(
-                "-", "_"
-            )
-        )
+        full = f"train_{method}_{dataset}{variant_part}_f{fold}_{label}"
+        if (
+            len(full) > RULE_NAME_MAX
+        ):  # the hash keeps it unique; the dataset is the least telling part
+            full = f"train_{method}{variant_part}_f{fold}_{label}_{dataset}"
+        name = short_rule_name(full.replace(".", "p").replace("-", "_"))
         frozen = self.frozen(variant)
         embeddings = self.embedding_files(dataset, variant, fold) if frozen else None
         features = self.feature_files(dataset)
