@@ -127,14 +127,7 @@ def figure3(runs_by_dataset: Mapping[str, Sequence[Mapping[str, Any]]], metrics:
         for ax, dataset in zip(axes[0], datasets, strict=False):
             _panel(ax, runs_by_dataset[dataset], metrics[dataset], rates, methods, references,
                    DATASET_NAMES.get(dataset, dataset))  # fmt: skip
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                       ncol=min(4, len(labels)), frameon=False)  # fmt: skip
-        fig.tight_layout()
-        for path in paths:
-            save_figure(fig, path)
-        plt.close(fig)
+        labels = _legend_and_save(fig, axes, paths, max_columns=4)
     return labels
 
 
@@ -154,11 +147,17 @@ def figure3_variants(
             _panel(ax, runs[dataset][variant], metrics[dataset], rates, methods, references, title)
         for ax in list(axes.flat)[len(panels) :]:
             ax.axis("off")
-        handles, labels = axes[0][0].get_legend_handles_labels()
-        if handles:
-            fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                       ncol=min(5, len(labels)), frameon=False)  # fmt: skip
-        fig.tight_layout()
-        for path in paths:
-            save_figure(fig, path)
-        plt.close(fig)
+        _legend_and_save(fig, axes, paths, max_columns=5)
+
+
+def _legend_and_save(fig, axes, paths: Sequence[str | Path], max_columns: int) -> list[str]:
+    """One legend under the panels (the first panel's entries), then every format, closed."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=min(max_columns, len(labels)), frameon=False)  # fmt: skip
+    fig.tight_layout()
+    for path in paths:
+        save_figure(fig, path)
+    plt.close(fig)
+    return labels
