@@ -341,8 +341,20 @@ def run_job(
     """Train every run of the job; returns their records. Raises if any run failed (the
     finished ones are written and kept for the rerun) or, with `health.fatal`, if any run
     did not learn."""
-    if threads:
-        torch.set_num_threads(threads)
+    if not threads:
+        return _run_job(job, log, stop_after)
+    # The job's threads bound every thread pool in the process: torch's, and the BLAS and
+    # OpenMP pools that numpy, scipy and scikit-learn use (the linear probes). Left alone, those
+    # start one thread per core for tiny products and run 25x slower than one thread on a busy
+    # machine (same results).
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(threads)
+    with threadpool_limits(limits=threads):
+        return _run_job(job, log, stop_after)
+
+
+def _run_job(job: Job, log: Callable[[str], None], stop_after: int | None) -> list[dict[str, Any]]:
     device = choose_device(job.settings["federated"]["device"], log)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
