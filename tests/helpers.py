@@ -11,6 +11,9 @@ import yaml
 
 from .conftest import REPO, TINY_EXTRACT, TINY_SYNTHETIC, VENV_BIN
 
+# The built-in methods in registry order: what the registry, the plan and the DAG must hold.
+BUILTIN_METHODS = ["unifl", "multifl", "harmony", "modalitymirror", "fedprox", "fedadam", "bmsfed"]
+
 
 def snakemake(
     workdir: Path, *args: str, env: dict | None = None, timeout: int = 900

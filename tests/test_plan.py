@@ -7,6 +7,7 @@ from avfl.config import deep_update, validate_config
 from avfl.plan import Plan
 
 from .conftest import REPO, tiny_config
+from .helpers import BUILTIN_METHODS
 
 
 def plan(**update) -> Plan:
@@ -54,16 +55,7 @@ def test_a_multifl_overlay_retrains_what_consumes_multifl():
 
 def test_a_federated_overlay_retrains_everything_and_the_reference_but_no_partition():
     p = plan(experiment={"variants": {"long": {"federated.rounds": 300}}})
-    assert methods_trained(p, "long") == {
-        "unifl",
-        "multifl",
-        "harmony",
-        "modalitymirror",
-        "fedprox",
-        "fedadam",
-        "bmsfed",
-        "centralised",
-    }
+    assert methods_trained(p, "long") == {*BUILTIN_METHODS, "centralised"}
     assert all("/partition/default/" in r.partition for r in p.all_runs)
 
 

@@ -17,7 +17,7 @@ from avfl.methods import get_method, methods, registry
 from avfl.methods.spec import MethodSpec, method, setting
 
 from .conftest import VENV_BIN
-from .helpers import snakemake, tiny_workflow_config
+from .helpers import BUILTIN_METHODS, snakemake, tiny_workflow_config
 
 THIRD_PARTY = '''
 """A third party's method: FedAvg of the audio model over every client."""
@@ -61,15 +61,7 @@ def test_importing_the_registry_config_and_plan_imports_no_torch():
 
 
 def test_builtin_registry():
-    assert methods("method") == [
-        "unifl",
-        "multifl",
-        "harmony",
-        "modalitymirror",
-        "fedprox",
-        "fedadam",
-        "bmsfed",
-    ]
+    assert methods("method") == BUILTIN_METHODS
     assert methods("reference") == ["centralised"]
     assert get_method("harmony").uses_rate is False
     with pytest.raises(ValueError, match="registered: unifl"):

@@ -13,7 +13,7 @@ import yaml
 from avfl.data.manifest import read_manifest
 
 from .conftest import REPO, TINY_EXTRACT, VENV_BIN
-from .helpers import job_outputs, scheduled, snakemake, tiny_workflow_config
+from .helpers import BUILTIN_METHODS, job_outputs, scheduled, snakemake, tiny_workflow_config
 
 pytestmark = pytest.mark.slow
 
@@ -218,15 +218,7 @@ def test_every_method_learns_a_dataset_whose_audio_hides_in_silence(tmp_path: Pa
     (reference,) = [r for r in records if r["method"] == "centralised"]
     assert reference["test_by_model"]["probe_audio"]["top1"] > 0.9
     methods = {r["method"]: r["test"]["top1"] for r in records if r["role"] == "method"}
-    assert set(methods) == {
-        "unifl",
-        "multifl",
-        "harmony",
-        "modalitymirror",
-        "fedprox",
-        "fedadam",
-        "bmsfed",
-    }
+    assert set(methods) == set(BUILTIN_METHODS)
     for method, top1 in methods.items():
         assert top1 >= 0.8 * reference["test"]["top1"], (method, top1, reference["test"]["top1"])
 
