@@ -59,6 +59,7 @@ def test_a_row_trains_bitwise_alike_alone_and_in_any_company(shape, task):
         )
         for i, row in zip(combo, together, strict=True):
             assert row.steps == alone[i].steps
+            assert row.loss == alone[i].loss
             for name, value in alone[i].state.items():
                 assert torch.equal(row.state[name], value), (combo, i, name)
 
@@ -76,6 +77,26 @@ def test_padding_of_the_optimizer_buffers_stays_zero_and_views_hold_the_paramete
         n = value[0].numel()
         assert torch.all(optimizer.buffers[name][:, n:] == 0)
         assert torch.all(optimizer.params[name] < value)  # every real element took a step down
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_step_over_the_active_prefix_leaves_the_finished_rows_as_they_are(optimizer):
+    torch.manual_seed(0)
+    starts = [{"w": torch.randn(3, 5), "b": torch.randn(7)} for _ in range(4)]
+    opt = RowOptimizer(starts, ["w", "b"], cfg(optimizer))
+    full = {n: torch.randn(4, *starts[0][n].shape) for n in ("w", "b")}
+    opt.step(full)
+    before = {n: p.clone() for n, p in opt.params.items()}
+    opt.step({n: g[:2] for n, g in full.items()}, 2)
+    for n, p in opt.params.items():
+        assert torch.equal(p[2:], before[n][2:])
+        assert not torch.equal(p[:2], before[n][:2])
+    # The prefix step is the step those rows would take in a stack of their own.
+    alone = RowOptimizer(starts[:2], ["w", "b"], cfg(optimizer))
+    alone.step({n: g[:2] for n, g in full.items()})
+    alone.step({n: g[:2] for n, g in full.items()})
+    for n in ("w", "b"):
+        assert torch.equal(alone.params[n], opt.params[n][:2])
 
 
 def test_padded_adam_equals_pytorchs_adam_on_one_row():

@@ -32,6 +32,34 @@ def test_prototype_head_logits_are_minus_euclidean_distances():
     )
 
 
+def test_prototype_head_matches_the_difference_form_and_its_gradient_at_model_scale():
+    torch.manual_seed(0)
+    head = PrototypeHead(51, 128)
+    head.prototypes.copy_(torch.randn(51, 128))
+    z = torch.randn(16, 128, requires_grad=True)
+    direct = -((z[:, None, :] - head.prototypes) ** 2).sum(dim=-1).add(1e-12).sqrt()
+    torch.testing.assert_close(head(z), direct, atol=1e-4, rtol=1e-5)
+    labels = torch.randint(0, 51, (16,))
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(head(z), labels), z)
+    (expected,) = torch.autograd.grad(torch.nn.functional.cross_entropy(direct, labels), z)
+    torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_stored_distances_equal_direct_distances_after_rows_are_replaced():
+    server = _server(8, [True] * 8)
+    torch.manual_seed(1)
+    rows = {c: torch.randn(300) for c in range(6)}
+    server._store("mm", rows)
+    rows |= {c: torch.randn(300) * 3 for c in (1, 4)}  # two clients trained again
+    server._store("mm", {c: rows[c] for c in (1, 4)})
+    have = sorted(rows)
+    every = torch.stack([rows[c] for c in have]).double()
+    expected = torch.cdist(every, every).numpy()
+    got = server.dist["mm"][have][:, have]
+    assert abs(got - expected).max() < 1e-3 * expected.max()
+    assert server.has_row["mm"][have].all() and not server.has_row["mm"][6:].any()
+
+
 def test_me_loss_is_cross_entropy_over_negative_distances():
     torch.manual_seed(0)
     model = _model_class()(AVModel(4, 3, 3, 2, 0.0), 3, 2, "prototype")

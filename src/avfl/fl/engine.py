@@ -40,7 +40,7 @@ from avfl.fl.types import (
     derive_seed,
 )
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3  # 3: BMSFed's server keeps its rows' norms
 
 
 @dataclass

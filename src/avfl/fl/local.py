@@ -12,9 +12,10 @@ tensor it reads is its own slice (no weight is shared across rows, so every matr
 is a per-row batched product of the same shape), and the optimizer is elementwise. A run
 trained alone or in a batch of runs gives the same numbers.
 
-Each row keeps its own number of steps: a client with fewer samples gets zero-weight padding
-batches after its last real step, whose updates are discarded (its tensors are snapshotted
-at its last real step). Models whose layers update state in place during the forward pass
+Each row keeps its own number of steps. Rows are ordered by their number of steps, longest
+first, so the rows still training at any step are a prefix of the stack: a step computes and
+updates only that prefix (a contiguous slice of every buffer), and a row that has finished
+simply stops changing. No step is spent on padding, however unequal the clients' sizes. Models whose layers update state in place during the forward pass
 (BatchNorm) or whose backbones are trained (fine-tuning mode) take the same steps one row
 at a time (`lockstep=False` does so for any model: the tests' reference).
 """
@@ -117,6 +118,18 @@ def train_rows(
     """
     rows = len(starts)
     tasks = list(tasks) if isinstance(tasks, list | tuple) else [tasks] * rows
+    # Longest rows first: the rows still training at a step are then a prefix of the stack.
+    n_steps = [cfg.local_epochs * math.ceil(int(i.numel()) / cfg.batch_size) for i in indices]
+    order = sorted(range(rows), key=lambda i: (-n_steps[i], i))
+    if order != list(range(rows)):
+        results = train_rows(
+            model, [tasks[i] for i in order], [starts[i] for i in order],
+            [indices[i] for i in order], [seeds[i] for i in order], data, cfg,
+        )  # fmt: skip
+        unsorted: list[RowResult] = [None] * rows  # type: ignore[list-item]
+        for position, i in enumerate(order):
+            unsorted[i] = results[position]
+        return unsorted
     task = tasks[0]
     trained = [n for n, _ in model.named_parameters() if group_of(n) in task.groups]
     if not trained:
@@ -140,7 +153,7 @@ def train_rows(
     sizes = [int(i.numel()) for i in indices]
     noise = pool_size(model, cfg.batch_size)
     positions, weights, pools = row_schedule(sizes, seeds, cfg.local_epochs, cfg.batch_size, noise)
-    last_step = [cfg.local_epochs * math.ceil(n / cfg.batch_size) - 1 for n in sizes]
+    last_step = [n - 1 for n in n_steps]
     padded = torch.zeros(rows, max(sizes), dtype=torch.long, device=device)
     for i, idx in enumerate(indices):
         padded[i, : idx.numel()] = idx
@@ -170,24 +183,23 @@ def train_rows(
         in_dims = (0, 0, 0 if start_params is not None else None, 0, 0, 0, 0,
                    0 if pools is not None else None, 0 if per_row is not None else None)  # fmt: skip
         step_fn = vmap(step_fn, in_dims=in_dims, randomness="error")
-    final = {n: torch.empty_like(p) for n, p in params.items()}
-    final_buffers = {n: torch.empty_like(fixed[n]) for n in moving}
     loss_sums = torch.zeros(rows, dtype=torch.float64)
     model.train()
     for step in range(sample_rows.shape[1]):
-        batch = sample_rows[:, step]
+        k = sum(1 for last in last_step if last >= step)  # the rows still training: a prefix
+        batch = sample_rows[:k, step]
         if lockstep:
             grads, losses = step_fn(
-                params, fixed, start_params, data.audio[batch], data.visual[batch],
-                data.labels[batch], weights[:, step], pools[:, step] if pools is not None else None,
-                per_row,
+                {n: p[:k] for n, p in params.items()}, {n: t[:k] for n, t in fixed.items()},
+                {n: p[:k] for n, p in start_params.items()} if start_params is not None else None,
+                data.audio[batch], data.visual[batch], data.labels[batch], weights[:k, step],
+                pools[:k, step] if pools is not None else None,
+                {name: v[:k] for name, v in per_row.items()} if per_row is not None else None,
             )  # fmt: skip
         else:
-            grads = {n: torch.zeros_like(p) for n, p in params.items()}
-            losses = torch.zeros(rows)
-            for i in range(rows):
-                if step > last_step[i]:
-                    continue
+            grads = {n: torch.zeros_like(p[:k]) for n, p in params.items()}
+            losses = torch.zeros(k)
+            for i in range(k):
                 real = int(weights[i, step].sum())
                 take = batch[i, :real]
                 torch.manual_seed(
@@ -203,16 +215,12 @@ def train_rows(
                 for n in grads:
                     grads[n][i] = g[n]
                 losses[i] = v
-        optimizer.step(grads)
-        active = torch.tensor([step <= last for last in last_step])
-        loss_sums += torch.where(active, losses.detach().double().cpu(), 0.0)
-        for i in (i for i, last in enumerate(last_step) if last == step):
-            for n, p in params.items():
-                final[n][i] = p[i].detach()
-            for n in moving:
-                final_buffers[n][i] = fixed[n][i]
+        optimizer.step(grads, k)
+        loss_sums[:k] += losses.detach().double().cpu()
     results = []
     for i in range(rows):
-        state = {n: final[n][i] for n in trained} | {n: final_buffers[n][i] for n in moving}
+        state = {n: params[n][i].detach().clone() for n in trained} | {
+            n: fixed[n][i].clone() for n in moving
+        }
         results.append(RowResult(state, float(loss_sums[i]) / (last_step[i] + 1), last_step[i] + 1))
     return results

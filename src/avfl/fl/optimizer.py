@@ -47,39 +47,52 @@ class RowOptimizer:
             padded = math.ceil(max(n, 1) / ALIGN) * ALIGN
             buffer = torch.zeros(rows, padded, dtype=first.dtype, device=first.device)
             view = buffer[:, :n].view(rows, *first.shape)
-            for i, start in enumerate(starts):
-                view[i].copy_(start[name])
+            view.copy_(torch.stack([start[name] for start in starts]))
             self.buffers[name] = buffer
-            self.grads[name] = torch.zeros_like(buffer)
+            if padded != n:  # gradients of an aligned tensor are passed to the kernel as they come
+                self.grads[name] = torch.zeros_like(buffer)
             self.params[name] = view
         self.cfg = cfg
         self.adam = cfg.optimizer == "adam"
         # The kernels take tensors of one device and dtype per call (torch.optim groups so too).
-        self.groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] = []
         by_kind: dict[tuple[torch.device, torch.dtype], list[str]] = {}
         for name, buffer in self.buffers.items():
             by_kind.setdefault((buffer.device, buffer.dtype), []).append(name)
-        for group in by_kind.values():
-            self.groups.append(([self.buffers[n] for n in group], [self.grads[n] for n in group]))
+        self.groups: list[list[str]] = list(by_kind.values())
         if self.adam:  # state as torch.optim.Adam(fused=True) keeps it: float32 steps on the device
-            self.exp_avgs = [[torch.zeros_like(b) for b in bufs] for bufs, _ in self.groups]
-            self.exp_avg_sqs = [[torch.zeros_like(b) for b in bufs] for bufs, _ in self.groups]
+            self.exp_avgs = [[torch.zeros_like(self.buffers[n]) for n in g] for g in self.groups]
+            self.exp_avg_sqs = [[torch.zeros_like(self.buffers[n]) for n in g] for g in self.groups]
             self.steps = [
-                [torch.zeros((), dtype=torch.float32, device=b.device) for b in bufs]
-                for bufs, _ in self.groups
+                [torch.zeros((), dtype=torch.float32, device=self.buffers[n].device) for n in g]
+                for g in self.groups
             ]
 
-    def step(self, grads: Mapping[str, torch.Tensor]) -> None:
-        for name, grad in grads.items():
+    def step(self, grads: Mapping[str, torch.Tensor], active: int | None = None) -> None:
+        """Update the first `active` rows (all by default) with `grads` of shape (active, ...).
+
+        The caller keeps the rows still training first, so the active rows are a contiguous
+        prefix of every buffer and the finished ones are left as they are. The Adam step count
+        is shared: every active row has taken the same number of steps.
+        """
+        rows = active if active is not None else next(iter(self.buffers.values())).shape[0]
+        flat: dict[str, torch.Tensor] = {}
+        for name in self.buffers:
             n = self.params[name][0].numel()
-            self.grads[name][:, :n].copy_(grad.reshape(grad.shape[0], n))
+            grad = grads[name].reshape(rows, n)
+            if name in self.grads:  # a padded tensor: its gradient goes into the padded layout
+                self.grads[name][:rows, :n].copy_(grad)
+                grad = self.grads[name][:rows]
+            flat[name] = grad.contiguous()
         lr, weight_decay = self.cfg.lr, self.cfg.weight_decay
         with torch.no_grad():
-            for k, (buffers, grad_buffers) in enumerate(self.groups):
+            for k, names in enumerate(self.groups):
+                buffers = [self.buffers[n][:rows] for n in names]
+                grad_buffers = [flat[n] for n in names]
                 if self.adam:
                     torch._foreach_add_(self.steps[k], 1)
                     torch._fused_adam_(
-                        buffers, grad_buffers, self.exp_avgs[k], self.exp_avg_sqs[k], [],
+                        buffers, grad_buffers, [m[:rows] for m in self.exp_avgs[k]],
+                        [v[:rows] for v in self.exp_avg_sqs[k]], [],
                         self.steps[k], amsgrad=False, lr=lr, beta1=ADAM_BETAS[0],
                         beta2=ADAM_BETAS[1], weight_decay=weight_decay, eps=ADAM_EPS,
                         maximize=False, grad_scale=None, found_inf=None,

@@ -181,6 +181,7 @@ class BMSFedServer:
         self.rho = np.ones(n)
         self.has_rho = np.zeros(n, dtype=bool)
         self.rows: dict[str, torch.Tensor | None] = {"mm": None, "audio": None, "visual": None}
+        self.norms: dict[str, torch.Tensor | None] = dict.fromkeys(self.rows)  # squared L2 per row
         self.has_row = {k: np.zeros(n, dtype=bool) for k in self.rows}
         self.dist = {k: np.zeros((n, n)) for k in self.rows}
         self.assigned: dict[int, str] = {}
@@ -364,18 +365,17 @@ class BMSFedServer:
         n = len(self.data.clients)
         if self.rows[store] is None:
             self.rows[store] = torch.zeros(n, next(iter(rows.values())).numel())
+            self.norms[store] = torch.zeros(n)
         clients = sorted(rows)
-        for client in clients:
-            self.rows[store][client] = rows[client]
+        fresh = torch.stack([rows[c] for c in clients])
+        fresh_norms = (fresh * fresh).sum(1)
+        for i, client in enumerate(clients):
+            self.rows[store][client] = fresh[i]
+            self.norms[store][client] = fresh_norms[i]  # kept, not recomputed over every row
             self.has_row[store][client] = True
         have = np.flatnonzero(self.has_row[store])
-        fresh = torch.stack([rows[c] for c in clients])
         every = self.rows[store]
-        squared = (
-            (fresh * fresh).sum(1)[:, None]
-            + (every * every).sum(1)[None, :]
-            - 2.0 * (fresh @ every.T)
-        )
+        squared = fresh_norms[:, None] + self.norms[store][None, :] - 2.0 * (fresh @ every.T)
         d = squared.double().clamp_min(0.0).sqrt().numpy()[:, have]  # L2 distances (Gram form)
         for i, client in enumerate(clients):
             self.dist[store][client, have] = d[i]
@@ -423,13 +423,14 @@ class BMSFedServer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "rho": self.rho, "has_rho": self.has_rho, "rows": self.rows, "has_row": self.has_row,
-            "dist": self.dist, "assigned": self.assigned,
+            "rho": self.rho, "has_rho": self.has_rho, "rows": self.rows, "norms": self.norms,
+            "has_row": self.has_row, "dist": self.dist, "assigned": self.assigned,
         }  # fmt: skip
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         self.rho, self.has_rho = saved["rho"].copy(), saved["has_rho"].copy()
         self.rows = dict(saved["rows"])
+        self.norms = dict(saved["norms"])
         self.has_row = {k: v.copy() for k, v in saved["has_row"].items()}
         self.dist = {k: v.copy() for k, v in saved["dist"].items()}
         self.assigned = dict(saved["assigned"])

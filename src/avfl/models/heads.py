@@ -154,4 +154,8 @@ class PrototypeHead(nn.Module):
         self.register_buffer("prototypes", torch.zeros(n_classes, dim))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return -((z[..., None, :] - self.prototypes) ** 2).sum(dim=-1).add(1e-12).sqrt()
+        # |z|^2 - 2 z.p + |p|^2: one matrix product instead of a (batch, classes, dim)
+        # difference tensor, which made BMSFed's local steps three times as slow.
+        p = self.prototypes
+        squared = (z * z).sum(dim=-1, keepdim=True) - 2.0 * (z @ p.T) + (p * p).sum(dim=-1)
+        return -squared.clamp_min(0.0).add(1e-12).sqrt()
