@@ -15,7 +15,8 @@ trained alone or in a batch of runs gives the same numbers.
 Each row keeps its own number of steps. Rows are ordered by their number of steps, longest
 first, so the rows still training at any step are a prefix of the stack: a step computes and
 updates only that prefix (a contiguous slice of every buffer), and a row that has finished
-simply stops changing. No step is spent on padding, however unequal the clients' sizes. Models whose layers update state in place during the forward pass
+simply stops changing. No step is spent on padding, however unequal the clients' sizes.
+Models whose layers update state in place during the forward pass
 (BatchNorm) or whose backbones are trained (fine-tuning mode) take the same steps one row
 at a time (`lockstep=False` does so for any model: the tests' reference).
 """
