@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,8 +81,41 @@ def peer_train_rows(model, tasks, starts, indices, seeds, data, cfg):
     return results
 
 
+KERNELS = {  # the arithmetic of local training on a CPU: what no removal of overhead can remove
+    "matrix products": ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm"),
+    "optimizer": ("aten::_fused_adam_", "aten::_foreach_add_"),
+}
+
+
+def run_profiled(job_file: str, out: str) -> None:
+    """Train one batched job under the PyTorch profiler; write the kernels' own time (s)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        run_one(job_file, peer=False)
+    events = prof.key_averages()
+    spent = {
+        kind: sum(e.self_cpu_time_total for e in events if e.key in names) / 1e6
+        for kind, names in KERNELS.items()
+    }
+    if torch.cuda.is_available():  # every kernel on the GPU: its busy time
+        spent = {"GPU kernels": sum(e.self_device_time_total for e in events) / 1e6}
+    Path(out).write_text(json.dumps(spent))
+
+
 def run_one(job_file: str, peer: bool) -> None:
-    """Inside a worker process: train one job (the baseline swaps in the peer-style trainer)."""
+    """Inside a worker process: train one job (the baseline swaps in the peer-style trainer).
+
+    Every way's processes start as `python -m avfl train` does, the allocator setting
+    included (avfl/allocator.py): the baseline gets the same process, only its trainer differs.
+    """
+    from avfl.allocator import retain_freed_memory
+
+    retain_freed_memory()
     if peer:
         import avfl.fl.engine
 
@@ -116,43 +149,68 @@ def prepare(root: Path, rounds: int, rates: list[float], seeds: list[int], devic
     return config
 
 
-def jobs_for(config: dict, runs_per_job: int, root: Path, way: str) -> list[list[Path]]:
-    """Job files in waves (methods that consume others come after them); no references."""
+def jobs_for(config: dict, runs_per_job: int, root: Path, way: str) -> list[tuple[Path, set[str]]]:
+    """Job files in the plan's order, each with the methods whose runs it consumes; no
+    references."""
     from avfl.plan import Plan
 
     config = copy.deepcopy(config)
     config["experiment"]["runs_per_job"] = runs_per_job
     plan = Plan(config)
-    waves: dict[int, list[Path]] = {}
+    jobs = []
     for job in plan.jobs:
         if job.method == "centralised":
             continue
         spec = json.loads(job.spec())
+        consumes = set()
         for run in spec["runs"]:
             run["out"] = str(root / way / run["out"])
             run["partition"] = str(root / run["partition"])
+            consumes |= set(run["consumes"])
             run["consumes"] = {m: str(root / way / d) for m, d in run["consumes"].items()}
             run["reference"] = None
         path = root / "jobs" / way / f"{job.name}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(spec))
-        waves.setdefault(1 if spec["consumed_hashes"] else 0, []).append(path)
-    return [waves[k] for k in sorted(waves)]
+        jobs.append((path, consumes))
+    return jobs
 
 
-def time_way(waves: list[list[Path]], parallel: int, peer: bool) -> float:
+def time_way(
+    jobs: list[tuple[Path, set[str]]], parallel: int, peer: bool, profile_dir: Path | None = None
+) -> float:
+    """Run the jobs as Snakemake would: at most `parallel` at once, in the plan's order, each
+    as soon as every job of the methods it consumes has finished. With `profile_dir`, each
+    job writes its kernels' time there (`run_profiled`)."""
+    method_of = {path: json.loads(path.read_text())["method"] for path, _ in jobs}
+    waiting = list(jobs)
+    running: dict[Future, Path] = {}
+    done: list[Path] = []
+
+    def unfinished(method: str) -> bool:
+        return any(method_of[p] == method and p not in done for p, _ in jobs)
+
     start = time.perf_counter()
-    for wave in waves:
-        with ThreadPoolExecutor(parallel) as pool:
-            commands = [
-                [sys.executable, __file__, "--worker", str(p)] + (["--peer"] if peer else [])
-                for p in wave
-            ]
-            for done in pool.map(
-                lambda c: subprocess.run(c, capture_output=True, text=True), commands
-            ):
-                if done.returncode:
-                    raise SystemExit(f"a worker failed:\n{done.stderr[-3000:]}")
+    with ThreadPoolExecutor(parallel) as pool:
+        while waiting or running:
+            for item in list(waiting):
+                path, consumes = item
+                if len(running) < parallel and not any(unfinished(m) for m in consumes):
+                    command = [sys.executable, __file__, "--worker", str(path)]
+                    command += ["--peer"] if peer else []
+                    if profile_dir is not None:
+                        command += ["--profile", str(profile_dir / f"{path.stem}.json")]
+                    future = pool.submit(subprocess.run, command, capture_output=True, text=True)
+                    running[future] = path
+                    waiting.remove(item)
+            if not running:
+                raise SystemExit("jobs wait on methods that no job trains")
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                result = future.result()
+                if result.returncode:
+                    raise SystemExit(f"a worker failed:\n{result.stderr[-3000:]}")
+                done.append(running.pop(future))
     return time.perf_counter() - start
 
 
@@ -167,10 +225,18 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--ways", nargs="+", default=["baseline", "engine", "batched"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--kernels", action="store_true",
+                        help="run the batched way once more under the profiler and print the "
+                             "time of its kernels alone: the floor that removing overhead "
+                             "cannot go below, and the speed-up that floor allows")  # fmt: skip
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        run_one(args.worker, args.peer)
+        if args.profile:
+            run_profiled(args.worker, args.profile)
+        else:
+            run_one(args.worker, args.peer)
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -185,11 +251,25 @@ def main() -> None:
         times = {}
         for way in args.ways:
             per_job = {"baseline": 1, "engine": 1, "batched": 0}[way]
-            waves = jobs_for(config, per_job, root, way)
-            times[way] = time_way(waves, args.parallel, peer=way == "baseline")
-            print(f"{way:<9} {sum(len(w) for w in waves):4d} processes  {times[way]:8.1f} s  "
+            jobs = jobs_for(config, per_job, root, way)
+            times[way] = time_way(jobs, args.parallel, peer=way == "baseline")
+            print(f"{way:<9} {len(jobs):4d} processes  {times[way]:8.1f} s  "
                   f"({times[way] / n_runs:.2f} s per run)", flush=True)  # fmt: skip
+        floor = None
+        if args.kernels:
+            profiles = root / "profiles"
+            profiles.mkdir()
+            time_way(jobs_for(config, 0, root, "profiled"), args.parallel, False, profiles)
+            spent: dict[str, float] = {}
+            for path in sorted(profiles.glob("*.json")):
+                for kind, seconds in json.loads(path.read_text()).items():
+                    spent[kind] = spent.get(kind, 0.0) + seconds
+            floor = sum(spent.values()) / args.parallel
+            print("batched, kernels alone: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items())
+                  + f" of job time; over {args.parallel} processes at least {floor:.1f} s")  # fmt: skip
         if "baseline" in times:
+            if floor is not None:
+                print(f"speed-up those kernels allow: {times['baseline'] / floor:.2f}x")
             for way in ("engine", "batched"):
                 if way in times and way != "batched":
                     print(f"{way} speed-up over baseline: {times['baseline'] / times[way]:.2f}x")

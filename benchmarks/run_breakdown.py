@@ -87,7 +87,10 @@ def instrument(spent: dict[str, float]) -> None:
 
 
 def time_job(job_file: Path, threads: int) -> tuple[int, float, dict[str, float]]:
+    from avfl.allocator import retain_freed_memory
     from avfl.train import Job, run_job
+
+    retain_freed_memory()  # as the `train` command does
 
     spent: dict[str, float] = defaultdict(float)
     instrument(spent)
@@ -123,8 +126,7 @@ def main() -> None:
         )
         print(header)
         for label, per_job in (("one run per job (before)", 1), ("a seed's rates (batched)", None)):
-            waves = jobs_for(config, per_job, root, f"w{per_job}")
-            files = [p for wave in waves for p in wave]
+            files = [path for path, _ in jobs_for(config, per_job, root, f"w{per_job}")]
             out = subprocess.run([sys.executable, __file__, "--worker", str(files[0]),
                                   "--threads", str(args.threads)],
                                  check=True, capture_output=True, text=True).stdout  # fmt: skip
