@@ -2,9 +2,11 @@
 
 A row is one client of one run, starting from its run's global state. Rows that share a
 task train in lockstep: every tensor the task reads is stacked along a leading row axis,
-and each step is one vmapped forward/backward (torch.func) and one optimizer update for
-all rows. This is what makes small federated models fast: per step, k small kernels per
-layer become one batched kernel, and a batch of runs (seeds, missing rates) shares them too.
+and each step is one forward/backward and one optimizer update for all rows. This is what
+makes small federated models fast: per step, k small kernels per layer become one batched
+kernel, and a batch of runs (seeds, missing rates) shares them too. The built-in tasks on
+the built-in frozen-mode model step through written-out kernels (fl/stacked.py); any other
+task or model through a vmapped forward/backward (torch.func), the same for every row.
 
 Determinism does not depend on the company a row keeps: its batch order and its dropout
 noise come from its own generator (seeded by run seed, phase, round and client), every
@@ -31,6 +33,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
+from avfl.fl import stacked
 from avfl.fl.optimizer import RowOptimizer
 from avfl.fl.types import Task, TrainSettings, derive_seed
 from avfl.models.dropout import noise_pool, pool_size
@@ -139,8 +142,10 @@ def train_rows(
     buffers = {n for n, _ in model.named_buffers()}
     names = _read_names(model, task, starts[0])
     device = data.audio.device
+    stacked_step = getattr(task, "stacked", None) if cfg.lockstep else None
+    if stacked_step is not None and not stacked.supports(model):
+        stacked_step = None
     optimizer = RowOptimizer(starts, trained, cfg)
-    params = optimizer.params
     fixed = {n: torch.stack([s[n].detach() for s in starts]) for n in names if n not in trained_set}
     # Float buffers of trained groups (BatchNorm statistics) travel with the trained state.
     moving = [
@@ -150,7 +155,11 @@ def train_rows(
     ]
     for n in moving:
         fixed[n] = fixed[n].clone()
-    start_params = {n: p.clone() for n, p in params.items()} if hasattr(task, "penalty") else None
+    start_params = (
+        {n: torch.stack([s[n].detach() for s in starts]) for n in trained}
+        if hasattr(task, "penalty")
+        else None
+    )
     sizes = [int(i.numel()) for i in indices]
     noise = pool_size(model, cfg.batch_size)
     positions, weights, pools = row_schedule(sizes, seeds, cfg.local_epochs, cfg.batch_size, noise)
@@ -178,14 +187,21 @@ def train_rows(
             loss = loss + task.penalty(p, start)
         return loss
 
+    loss_sums = torch.zeros(rows, dtype=torch.float64)
+    model.train()
+    if stacked_step is not None:
+        _train_stacked(
+            model, stacked_step, optimizer, fixed, start_params, sample_rows, weights, pools,
+            per_row, data, last_step, loss_sums,
+        )  # fmt: skip
+        return _results(optimizer, moving, fixed, loss_sums, last_step)
+    params = optimizer.params
     step_fn = grad_and_value(loss_fn)
     lockstep = cfg.lockstep and supports_lockstep(model)
     if lockstep:
         in_dims = (0, 0, 0 if start_params is not None else None, 0, 0, 0, 0,
                    0 if pools is not None else None, 0 if per_row is not None else None)  # fmt: skip
         step_fn = vmap(step_fn, in_dims=in_dims, randomness="error")
-    loss_sums = torch.zeros(rows, dtype=torch.float64)
-    model.train()
     for step in range(sample_rows.shape[1]):
         k = sum(1 for last in last_step if last >= step)  # the rows still training: a prefix
         batch = sample_rows[:k, step]
@@ -218,10 +234,45 @@ def train_rows(
                 losses[i] = v
         optimizer.step(grads, k)
         loss_sums[:k] += losses.detach().double().cpu()
+    return _results(optimizer, moving, fixed, loss_sums, last_step)
+
+
+def _results(optimizer, moving, fixed, loss_sums, last_step) -> list[RowResult]:
     results = []
-    for i in range(rows):
-        state = {n: params[n][i].detach().clone() for n in trained} | {
-            n: fixed[n][i].clone() for n in moving
-        }
-        results.append(RowResult(state, float(loss_sums[i]) / (last_step[i] + 1), last_step[i] + 1))
+    for i, last in enumerate(last_step):
+        state = optimizer.row_state(i) | {n: fixed[n][i].clone() for n in moving}
+        results.append(RowResult(state, float(loss_sums[i]) / (last + 1), last + 1))
     return results
+
+
+def _train_stacked(
+    model, step_fn, optimizer, fixed, start_params, sample_rows, weights, pools, per_row, data,
+    last_step, loss_sums,
+) -> None:  # fmt: skip
+    """The steps of every row through the task's written-out kernels (fl/stacked.py). Rows are
+    sorted longest first, so the rows still training at a step are a prefix of the stack."""
+    # Each sample's share of its row's step loss: padding weighs 0, a row's real samples 1/n.
+    shares = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    for step in range(last_step[0] + 1):
+        k = sum(1 for last in last_step if last >= step)
+
+        def prefix(tensors, k=k):
+            return tensors if k == optimizer.rows else {n: t[:k] for n, t in tensors.items()}
+
+        stack = stacked.Rows(
+            model, prefix(optimizer.params) | prefix(fixed), prefix(optimizer.grad_views),
+            pools[:k, step] if pools is not None else None,
+            prefix(start_params) if start_params is not None else None,
+            step,
+        )  # fmt: skip
+        take = sample_rows[:k, step]
+        batch = stacked.Batch(
+            data.audio[take], data.visual[take], data.labels[take], shares[:k, step],
+            prefix(per_row) if per_row is not None else {},
+        )  # fmt: skip
+        with torch.no_grad():
+            losses = step_fn(stack, batch)
+        for name in stack.trained - stack.written:  # a trained tensor the loss did not reach
+            stack.grads[name].zero_()
+        optimizer.step(active=k)
+        loss_sums[:k] += losses.double().cpu()

@@ -1,19 +1,26 @@
 """The local optimizer over stacked rows, laid out so that a row's update does not depend on
 its neighbours.
 
-Rows of local training are stacked into one tensor per parameter, and PyTorch's fused
-Adam/SGD kernels compute a tensor's body with vector instructions and its last partial
-vector with scalar code, which need not round alike. A row whose elements fell in the tail
-in one batch and in the body in another would get different updates, so a run's numbers
-would depend on the runs it is batched with. Here each parameter lives in a flat buffer of
-shape (rows, padded) whose row length is a multiple of `ALIGN` elements: every row starts at
-the same vector lane and no tensor has a tail, so every element takes the same vector path
-whatever the batch. Padding elements have zero gradient and stay zero. Adam calls PyTorch's
-fused kernel (one pass per step) and SGD its multi-tensor ops directly, with the arguments
-`torch.optim.Adam(fused=True)` and `torch.optim.SGD(foreach=True)` pass them (the same
-numbers; tested against them): constructing a `torch.optim` optimizer imports TorchDynamo,
-about 2 s of every training process's start-up, and its per-step bookkeeping costs more than
-the kernels on small models.
+Rows of local training are stacked, and PyTorch's fused Adam/SGD kernels compute a tensor's
+body with vector instructions and its last partial vector with scalar code, which need not
+round alike. A row whose elements fell in the tail in one batch and in the body in another
+would get different updates, so a run's numbers would depend on the runs it is batched with.
+Here every parameter of every row occupies a block whose length is a multiple of `ALIGN`
+elements: every block starts at the same vector lane and no tensor has a tail, so every
+element takes the same vector path whatever the batch. Padding elements have zero gradient
+and stay zero.
+
+The parameters, gradients and Adam moments are one flat buffer each (per device and dtype),
+parameter after parameter, each parameter's rows contiguous: `views[name]` is a (rows, ...)
+view of it. A step of every row is then one kernel call over one tensor; a step of a prefix
+of the rows (the others have finished their local steps) calls it per parameter on the
+prefix of each block. Both do the same arithmetic on every element (tested).
+
+Adam calls PyTorch's fused kernel (one pass per step) and SGD its multi-tensor ops directly,
+with the arguments `torch.optim.Adam(fused=True)` and `torch.optim.SGD(foreach=True)` pass
+them (the same numbers; tested against them): constructing a `torch.optim` optimizer imports
+TorchDynamo, about 2 s of every training process's start-up, and its per-step bookkeeping
+costs more than the kernels on small models.
 """
 
 from __future__ import annotations
@@ -31,76 +38,127 @@ ADAM_EPS = 1e-8
 
 
 class RowOptimizer:
-    """Owns the stacked parameters: `params[name]` is a (rows, ...) view of a padded buffer."""
+    """Owns the stacked parameters of the rows: `params[name]` is a (rows, ...) view."""
 
     def __init__(
         self, starts: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str], cfg: TrainSettings
     ):
         """`starts[i][name]`: row i's starting value of each parameter `name` (copied in)."""
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.grads: dict[str, torch.Tensor] = {}
-        self.params: dict[str, torch.Tensor] = {}
-        rows = len(starts)
-        for name in names:
-            first = starts[0][name]
-            n = first.numel()
-            padded = math.ceil(max(n, 1) / ALIGN) * ALIGN
-            buffer = torch.zeros(rows, padded, dtype=first.dtype, device=first.device)
-            view = buffer[:, :n].view(rows, *first.shape)
-            view.copy_(torch.stack([start[name] for start in starts]))
-            self.buffers[name] = buffer
-            if padded != n:  # gradients of an aligned tensor are passed to the kernel as they come
-                self.grads[name] = torch.zeros_like(buffer)
-            self.params[name] = view
         self.cfg = cfg
         self.adam = cfg.optimizer == "adam"
+        self.names = list(names)
+        self.rows = rows = len(starts)
+        self.shapes = {name: tuple(starts[0][name].shape) for name in self.names}
         # The kernels take tensors of one device and dtype per call (torch.optim groups so too).
-        by_kind: dict[tuple[torch.device, torch.dtype], list[str]] = {}
-        for name, buffer in self.buffers.items():
-            by_kind.setdefault((buffer.device, buffer.dtype), []).append(name)
-        self.groups: list[list[str]] = list(by_kind.values())
-        if self.adam:  # state as torch.optim.Adam(fused=True) keeps it: float32 steps on the device
-            self.exp_avgs = [[torch.zeros_like(self.buffers[n]) for n in g] for g in self.groups]
-            self.exp_avg_sqs = [[torch.zeros_like(self.buffers[n]) for n in g] for g in self.groups]
-            self.steps = [
-                [torch.zeros((), dtype=torch.float32, device=self.buffers[n].device) for n in g]
-                for g in self.groups
+        kinds: dict[tuple[torch.device, torch.dtype], int] = {}
+        lengths: list[int] = []
+        self.blocks: dict[str, tuple[int, int, int]] = {}  # name -> kind, offset, padded
+        for name in self.names:
+            first = starts[0][name]
+            kind = kinds.setdefault((first.device, first.dtype), len(kinds))
+            if kind == len(lengths):
+                lengths.append(0)
+            padded = math.ceil(max(first.numel(), 1) / ALIGN) * ALIGN
+            self.blocks[name] = (kind, lengths[kind], padded)
+            lengths[kind] += rows * padded
+
+        def flat(zero: bool) -> list[torch.Tensor]:
+            make = torch.zeros if zero else torch.empty
+            return [
+                make(n, dtype=dtype, device=device)
+                for (device, dtype), n in zip(kinds, lengths, strict=True)
             ]
 
-    def step(self, grads: Mapping[str, torch.Tensor], active: int | None = None) -> None:
-        """Update the first `active` rows (all by default) with `grads` of shape (active, ...).
+        # Parameters and gradients are written whole before they are read: only their padding
+        # is zeroed (below). The moments start at zero.
+        self.flat_params, self.flat_grads = flat(zero=False), flat(zero=False)
+        self.exp_avgs = flat(zero=True) if self.adam else []
+        self.exp_avg_sqs = flat(zero=True) if self.adam else []
+        self.steps = [torch.zeros((), dtype=torch.float32, device=device) for device, _ in kinds]
+        self.params: dict[str, torch.Tensor] = {}
+        self.grad_views: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            shape = self.shapes[name]
+            n = math.prod(shape)
+            for buffers in (self.flat_params, self.flat_grads):
+                self._block(buffers, name, rows)[:, n:].zero_()
+            self.params[name] = self._block(self.flat_params, name, rows)[:, :n].view(rows, *shape)
+            self.grad_views[name] = self._block(self.flat_grads, name, rows)[:, :n].view(
+                rows, *shape
+            )
+            values = [start[name] for start in starts]
+            if self.params[name].is_contiguous():
+                torch.stack(values, out=self.params[name])
+            else:
+                self.params[name].copy_(torch.stack(values))
 
-        The caller keeps the rows still training first, so the active rows are a contiguous
-        prefix of every buffer and the finished ones are left as they are. The Adam step count
-        is shared: every active row has taken the same number of steps.
+    def _block(self, flat: list[torch.Tensor], name: str, active: int) -> torch.Tensor:
+        """The (active, padded) prefix of parameter `name`'s block in one of the flat buffers."""
+        kind, offset, padded = self.blocks[name]
+        return flat[kind][offset : offset + self.rows * padded].view(self.rows, padded)[:active]
+
+    def padded(self, name: str) -> torch.Tensor:
+        """(rows, padded) view of a parameter with its padding."""
+        return self._block(self.flat_params, name, self.rows)
+
+    def row_state(self, row: int) -> dict[str, torch.Tensor]:
+        """Row `row`'s parameters: views of the buffer, which outlives the optimizer as long as
+        they are held (nothing writes to it once the rows are trained)."""
+        return {n: v[row] for n, v in self.params.items()}
+
+    def step(
+        self, grads: Mapping[str, torch.Tensor] | None = None, active: int | None = None
+    ) -> None:
+        """Update the first `active` rows (all by default); the others are left as they are.
+
+        `grads[name]` of shape (active, ...), or None: the gradients are already in
+        `grad_views` (the written-out kernels of fl/stacked.py put them there). The caller
+        keeps the rows still training first, so the active rows are a prefix of every block.
+        The Adam step count is shared: every active row has taken the same number of steps.
         """
-        rows = active if active is not None else next(iter(self.buffers.values())).shape[0]
-        flat: dict[str, torch.Tensor] = {}
-        for name in self.buffers:
-            n = self.params[name][0].numel()
-            grad = grads[name].reshape(rows, n)
-            if name in self.grads:  # a padded tensor: its gradient goes into the padded layout
-                self.grads[name][:rows, :n].copy_(grad)
-                grad = self.grads[name][:rows]
-            flat[name] = grad.contiguous()
+        active = self.rows if active is None else active
+        kinds = range(len(self.flat_params))
+        if grads is None and active == self.rows:  # every row: one tensor per kind
+            self._update(kinds, [[t] for t in self.flat_params], [[t] for t in self.flat_grads],
+                         [[t] for t in self.exp_avgs], [[t] for t in self.exp_avg_sqs])  # fmt: skip
+            return
+        params: list[list[torch.Tensor]] = [[] for _ in kinds]
+        grad_blocks: list[list[torch.Tensor]] = [[] for _ in kinds]
+        moments: list[list[torch.Tensor]] = [[] for _ in kinds]
+        squares: list[list[torch.Tensor]] = [[] for _ in kinds]
+        for name in self.names:
+            kind, _, padded = self.blocks[name]
+            n = math.prod(self.shapes[name])
+            grad = self._block(self.flat_grads, name, active)
+            if grads is not None:
+                given = grads[name].reshape(active, n)
+                if padded == n:  # an aligned gradient goes to the kernel as it comes
+                    grad = given.contiguous()
+                else:
+                    grad[:, :n].copy_(given)
+            params[kind].append(self._block(self.flat_params, name, active))
+            grad_blocks[kind].append(grad)
+            if self.adam:
+                moments[kind].append(self._block(self.exp_avgs, name, active))
+                squares[kind].append(self._block(self.exp_avg_sqs, name, active))
+        self._update(kinds, params, grad_blocks, moments, squares)
+
+    def _update(self, kinds, params, grads, moments, squares) -> None:
         lr, weight_decay = self.cfg.lr, self.cfg.weight_decay
         with torch.no_grad():
-            for k, names in enumerate(self.groups):
-                buffers = [self.buffers[n][:rows] for n in names]
-                grad_buffers = [flat[n] for n in names]
+            for k in kinds:
                 if self.adam:
-                    torch._foreach_add_(self.steps[k], 1)
+                    self.steps[k].add_(1)
                     torch._fused_adam_(
-                        buffers, grad_buffers, [m[:rows] for m in self.exp_avgs[k]],
-                        [v[:rows] for v in self.exp_avg_sqs[k]], [],
-                        self.steps[k], amsgrad=False, lr=lr, beta1=ADAM_BETAS[0],
-                        beta2=ADAM_BETAS[1], weight_decay=weight_decay, eps=ADAM_EPS,
-                        maximize=False, grad_scale=None, found_inf=None,
+                        params[k], grads[k], moments[k], squares[k], [],
+                        [self.steps[k]] * len(params[k]), amsgrad=False, lr=lr,
+                        beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], weight_decay=weight_decay,
+                        eps=ADAM_EPS, maximize=False, grad_scale=None, found_inf=None,
                     )  # fmt: skip
                 else:
                     update = (
-                        torch._foreach_add(grad_buffers, buffers, alpha=weight_decay)
+                        torch._foreach_add(grads[k], params[k], alpha=weight_decay)
                         if weight_decay != 0
-                        else grad_buffers
+                        else grads[k]
                     )
-                    torch._foreach_add_(buffers, update, alpha=-lr)
+                    torch._foreach_add_(params[k], update, alpha=-lr)

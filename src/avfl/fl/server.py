@@ -33,14 +33,11 @@ def weighted_average(
         if name not in carried:
             new_state[name] = value.clone()
             continue
-        values = torch.stack([v for v, _ in carried[name]]).double()
-        weights = torch.tensor(
-            [w for _, w in carried[name]], dtype=torch.float64, device=values.device
-        )
-        shape = (-1,) + (1,) * (values.dim() - 1)
-        new_state[name] = ((values * weights.view(shape)).sum(dim=0) / weights.sum()).to(
-            value.dtype
-        )
+        # Accumulated update by update, in float64: no stacked copy of every update.
+        total = torch.zeros(value.shape, dtype=torch.float64, device=value.device)
+        for update_value, weight in carried[name]:
+            total.add_(update_value, alpha=weight)
+        new_state[name] = total.div_(sum(w for _, w in carried[name])).to(value.dtype)
     return new_state
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from avfl.fl.stacked import Batch, Rows, weighted_cross_entropy
 from avfl.models.heads import AUDIO_MODEL, AV_MODEL, VISUAL_MODEL, AVModel
 
 
@@ -42,6 +43,15 @@ class UnimodalTask:
             model.audio_logits(audio) if self.modality == "audio" else model.visual_logits(visual)
         )
         return F.cross_entropy(logits, labels, reduction="none")
+
+    def stacked(self, rows: Rows, batch: Batch) -> torch.Tensor:
+        """`sample_loss` with its gradients written out (fl/stacked.py)."""
+        m = self.modality
+        encoded = rows.encode(m, batch.audio if m == "audio" else batch.visual)
+        logits = rows.linear(f"{m}_head", encoded.out)
+        loss, dlogits = weighted_cross_entropy(logits, batch.labels, batch.weight)
+        rows.encode_backward(encoded, rows.linear_backward(f"{m}_head", encoded.out, dlogits))
+        return loss
 
 
 def AudioTask() -> UnimodalTask:
@@ -82,4 +92,22 @@ class AVTask:
             loss = loss + self.audio_head_weight * F.cross_entropy(
                 model.audio_head(a), labels, reduction="none"
             )
+        return loss
+
+    def stacked(self, rows: Rows, batch: Batch) -> torch.Tensor:
+        """`sample_loss` with its gradients written out (fl/stacked.py)."""
+        a = rows.encode("audio", batch.audio)
+        v = rows.encode("visual", batch.visual)
+        logits, fused = rows.fuse(a.out, v.out)
+        loss, dlogits = weighted_cross_entropy(logits, batch.labels, batch.weight)
+        da, dv = rows.fuse_backward(fused, dlogits)
+        if self.audio_head_weight > 0:
+            head = rows.linear("audio_head", a.out)
+            head_loss, dhead = weighted_cross_entropy(
+                head, batch.labels, batch.weight * self.audio_head_weight
+            )
+            loss = loss + head_loss
+            da = da + rows.linear_backward("audio_head", a.out, dhead)
+        rows.encode_backward(a, da)
+        rows.encode_backward(v, dv)
         return loss

@@ -118,6 +118,32 @@ class BMSFedTask:
             loss = loss + visual_weight * _cross_entropy(model.visual_prototypes(v), labels)
         return loss
 
+    def stacked(self, rows, batch) -> torch.Tensor:
+        """`sample_loss` with its gradients written out (fl/stacked.py); the ME weights are
+        per-row values."""
+        import torch
+
+        from avfl.fl.stacked import row_weight, weighted_cross_entropy
+
+        a = rows.encode("audio", batch.audio) if self.kind != "visual" else None
+        v = rows.encode("visual", batch.visual) if self.kind != "audio" else None
+        za = a.out if a is not None else torch.zeros_like(v.out)
+        zv = v.out if v is not None else torch.zeros_like(a.out)
+        logits, fused = rows.fuse(za, zv)
+        loss, dlogits = weighted_cross_entropy(logits, batch.labels, batch.weight)
+        da, dv = rows.fuse_backward(fused, dlogits)
+        weights = {"audio": self.audio_weight, "visual": self.visual_weight}
+        for modality, encoded, grad in (("audio", a, da), ("visual", v, dv)):
+            if encoded is None:
+                continue
+            value = batch.values.get(f"{modality}_weight")
+            weight = batch.weight * (row_weight(value) if value is not None else weights[modality])
+            proto, cache = rows.prototypes(f"{modality}_prototypes", encoded.out)
+            me, dproto = weighted_cross_entropy(proto, batch.labels, weight)
+            loss = loss + me
+            rows.encode_backward(encoded, grad + rows.prototypes_backward(cache, dproto))
+        return loss
+
 
 @functools.cache
 def _model_class():
@@ -188,14 +214,16 @@ class BMSFedServer:
 
     # --- prototypes ---------------------------------------------------------------------
 
-    def _class_sums(self, state, clients) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def _class_sums(
+        self, state, clients, modalities=("audio", "visual")
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per modality: (sum of embeddings per class, count per class) over `clients`' samples."""
         import torch
 
         k = self.data.n_classes
         out = {}
         with torch.no_grad():
-            for modality in ("audio", "visual"):
+            for modality in modalities:
                 chosen = [c for c in clients if modality == "audio" or self.video[c]]
                 if not chosen:
                     continue
@@ -406,9 +434,9 @@ class BMSFedServer:
             totals: dict[str, list] = {}
             for update in updates:
                 local = {**new, **update.state}
-                for modality, (s, c) in self._class_sums(local, [update.client]).items():
-                    if update.task.kind not in ("multimodal", modality):
-                        continue  # that encoder was not trained here: it is the global one
+                # Only the encoders trained here: another one is the global one.
+                trained = [m for m in ("audio", "visual") if update.task.kind in ("multimodal", m)]
+                for modality, (s, c) in self._class_sums(local, [update.client], trained).items():
                     if modality in totals:
                         totals[modality][0] += s
                         totals[modality][1] += c

@@ -47,16 +47,20 @@ class AdamServer:
     def aggregate(
         self, rnd: int, state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
     ) -> dict[str, torch.Tensor]:
+        import torch
+
         average = self.base.aggregate(rnd, state, updates)
         trained = {n for u in updates for n, v in u.state.items() if v.is_floating_point()}
         new = dict(average)
-        for name in sorted(trained):
+        for name in sorted(trained):  # in float64, the moments updated in place
             x = state[name].double()
-            delta = average[name].double() - x
-            m = self.m.get(name, delta * 0.0) * self.b1 + (1 - self.b1) * delta
-            v = self.v.get(name, delta * 0.0) * self.b2 + (1 - self.b2) * delta * delta
-            self.m[name], self.v[name] = m, v
-            new[name] = (x + self.lr * m / (v.sqrt() + self.tau)).to(state[name].dtype)
+            delta = average[name].double().sub_(x)
+            m = self.m.setdefault(name, torch.zeros_like(delta))
+            v = self.v.setdefault(name, torch.zeros_like(delta))
+            m.mul_(self.b1).add_(delta, alpha=1 - self.b1)
+            v.mul_(self.b2).addcmul_(delta, delta, value=1 - self.b2)
+            step = torch.addcdiv(x, m, v.sqrt().add_(self.tau), value=self.lr)
+            new[name] = step.to(state[name].dtype)
         return new
 
     def state_dict(self) -> dict[str, Any]:

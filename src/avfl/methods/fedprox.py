@@ -49,6 +49,35 @@ class Proximal:
     ) -> torch.Tensor:
         return 0.5 * self.mu * sum(((params[n] - start[n]) ** 2).sum() for n in params)
 
+    @property
+    def stacked(self):
+        """The wrapped task's written-out step plus the proximal term's value and gradient
+        (mu (w - w_start)) on every trained tensor (fl/stacked.py); None if it has none."""
+        inner = getattr(self.task, "stacked", None)
+        if inner is None:
+            return None
+
+        def step(rows, batch) -> torch.Tensor:
+            import torch
+
+            loss = inner(rows, batch)
+            names = sorted(rows.trained)
+            for name in names:
+                if name not in rows.written:  # the task's loss did not reach it
+                    rows.grads[name].zero_()
+                    rows.written.add(name)
+            if rows.step == 0:  # the tensors are their start: no drift, no term, no gradient
+                return loss
+            params = [rows.tensors[n] for n in names]
+            drifts = torch._foreach_sub(params, [rows.start[n] for n in names])
+            torch._foreach_add_([rows.grads[n] for n in names], drifts, alpha=self.mu)
+            squares = torch.stack(
+                [torch.linalg.vecdot(d.flatten(1), d.flatten(1)) for d in drifts]
+            ).sum(dim=0)
+            return loss + 0.5 * self.mu * squares
+
+        return step
+
 
 @method(
     name="fedprox",

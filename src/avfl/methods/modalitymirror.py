@@ -87,6 +87,60 @@ class DistillTask:
             loss = loss + _cross_entropy(teacher_logits, labels)
         return loss
 
+    def stacked(self, rows, batch) -> torch.Tensor:
+        """`sample_loss` with its gradients written out (fl/stacked.py)."""
+        from avfl.fl.stacked import weighted_cross_entropy
+
+        s = self.options
+        trainable_teacher = s["teacher"] == "trainable"
+        rows.model.teacher.train(trainable_teacher)
+        ta = rows.encode("audio", batch.audio, owner="teacher.")
+        tv = rows.encode("visual", batch.visual, owner="teacher.")
+        teacher_logits, fused = rows.fuse(ta.out, tv.out, owner="teacher.")
+        student = rows.encode("audio", batch.audio)
+        student_logits = rows.linear("audio_head", student.out)
+        loss, dstudent = weighted_distillation(
+            student_logits, teacher_logits, s, batch.weight * s["kd_weight"]
+        )
+        if s["ce_weight"] > 0:
+            ce, dce = weighted_cross_entropy(
+                student_logits, batch.labels, batch.weight * s["ce_weight"]
+            )
+            loss, dstudent = loss + ce, dstudent + dce
+        if trainable_teacher:
+            ce, dteacher = weighted_cross_entropy(teacher_logits, batch.labels, batch.weight)
+            loss = loss + ce
+            da, dv = rows.fuse_backward(fused, dteacher)
+            rows.encode_backward(ta, da)
+            rows.encode_backward(tv, dv)
+        rows.encode_backward(student, rows.linear_backward("audio_head", student.out, dstudent))
+        return loss
+
+
+def weighted_distillation(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    settings: Mapping[str, Any],
+    weight: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: sum over samples of weight * `sample_distill_loss`, and its gradient w.r.t. the
+    student's logits (the teacher's are a constant of the student's objective)."""
+    t = settings["temperature"]
+    scale = t * t if settings["t2_scaling"] else 1.0
+    log_q = (student_logits / t).log_softmax(dim=-1)  # the student, p_A
+    log_p = (teacher_logits / t).log_softmax(dim=-1)  # the teacher, p_M
+    if settings["kl_direction"] == "teacher_to_student":  # KL(p_M || p_A): d/ds = (q - p) / T
+        p = log_p.exp()
+        kl = (p * (log_p - log_q)).sum(dim=-1)
+        grad = log_q.exp() - p
+    else:  # KL(p_A || p_M): d/ds_j = q_j (log q_j - log p_j - KL) / T
+        q = log_q.exp()
+        ratio = log_q - log_p
+        kl = (q * ratio).sum(dim=-1)
+        grad = q * (ratio - kl.unsqueeze(-1))
+    w = weight * scale
+    return (kl * w).sum(dim=-1), grad.mul_((w / t).unsqueeze(-1))
+
 
 def _consumes(settings: Mapping[str, Any]) -> tuple[str, ...]:
     return ("multifl",) + (("harmony",) if settings["student_init"] == "harmony_audio" else ())
