@@ -71,23 +71,20 @@ def row_schedule(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per row: batch positions (rows, steps, batch), their weights (0 = padding), and the
     dropout noise of each step (rows, steps, noise), all drawn from the row's own generator."""
-    steps = [epochs * math.ceil(n / batch) for n in sizes]
-    total = max(steps)
+    per_epoch = [math.ceil(n / batch) for n in sizes]
+    total = epochs * max(per_epoch)
     positions = torch.zeros(len(sizes), total, batch, dtype=torch.long)
     weights = torch.zeros(len(sizes), total, batch)
     pools = torch.zeros(len(sizes), total, noise) if noise else None
     for i, (n, seed) in enumerate(zip(sizes, seeds, strict=True)):
         generator = torch.Generator().manual_seed(seed)
-        step = 0
-        for _ in range(epochs):
-            order = torch.randperm(n, generator=generator)
-            for start in range(0, n, batch):
-                chunk = order[start : start + batch]
-                positions[i, step, : len(chunk)] = chunk
-                weights[i, step, : len(chunk)] = 1.0
-                step += 1
+        steps = per_epoch[i]
+        for epoch in range(epochs):  # an epoch's batches: its permutation, cut in rows of `batch`
+            span = slice(epoch * steps, (epoch + 1) * steps)
+            positions[i, span].view(-1)[:n] = torch.randperm(n, generator=generator)
+            weights[i, span].view(-1)[:n] = 1.0
         if pools is not None:
-            pools[i, : steps[i]] = torch.rand(steps[i], noise, generator=generator)
+            pools[i, : epochs * steps] = torch.rand(epochs * steps, noise, generator=generator)
     return positions, weights, pools
 
 
