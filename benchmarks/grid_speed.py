@@ -110,12 +110,12 @@ def run_profiled(job_file: str, out: str) -> None:
 def run_one(job_file: str, peer: bool) -> None:
     """Inside a worker process: train one job (the baseline swaps in the peer-style trainer).
 
-    Every way's processes start as `python -m avfl train` does, the allocator setting
-    included (avfl/allocator.py): the baseline gets the same process, only its trainer differs.
+    Every way's processes start as `python -m avfl train` does, its process-wide settings
+    included (avfl/runtime.py): the baseline gets the same process, only its trainer differs.
     """
-    from avfl.allocator import retain_freed_memory
+    from avfl.runtime import configure_training_process
 
-    retain_freed_memory()
+    configure_training_process()
     if peer:
         import avfl.fl.engine
 

@@ -87,10 +87,10 @@ def instrument(spent: dict[str, float]) -> None:
 
 
 def time_job(job_file: Path, threads: int) -> tuple[int, float, dict[str, float]]:
-    from avfl.allocator import retain_freed_memory
+    from avfl.runtime import configure_training_process
     from avfl.train import Job, run_job
 
-    retain_freed_memory()  # as the `train` command does
+    configure_training_process()  # as the `train` command does
 
     spent: dict[str, float] = defaultdict(float)
     instrument(spent)

@@ -59,15 +59,21 @@ def test_freed_memory_is_reused_without_page_faults():
     assert faults < 100  # the second block reuses the first one's pages
 
 
-def test_train_command_retains_freed_memory(monkeypatch):
-    """`python -m avfl train` sets it before the job starts (the entry point is the process)."""
+def test_train_command_retains_freed_memory_and_saves_without_crc(monkeypatch):
+    """`python -m avfl train` makes its process-wide settings (avfl/runtime.py) before the job
+    starts (the entry point is the process)."""
+    from torch.utils.serialization import config
+
     from avfl import cli
 
     calls = []
     monkeypatch.setattr("avfl.allocator.retain_freed_memory", lambda: calls.append(1) or True)
+    crc = config.save.compute_crc32
 
     def stop(*args, **kwargs):
         assert calls, "the allocator was not set before the job ran"
+        assert config.save.compute_crc32 is False, "checkpoints would compute a CRC-32"
+        config.save.compute_crc32 = crc  # this test's process goes on
         raise SystemExit(0)
 
     monkeypatch.setattr("avfl.train.run_job", stop)

@@ -237,7 +237,7 @@ def test_server_state_survives_a_resume(tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_lockstep_clients_train_as_one_at_a_time(optimizer):
-    """The vmapped path (padded batches, stacked rows) equals row-by-row training, dropout included."""
+    """The lockstep path (padded batches, stacked rows) equals row-by-row training, dropout included."""
     data = make_data(n_clients=4)
     data.clients = [
         torch.arange(0, 5),

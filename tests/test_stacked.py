@@ -10,13 +10,17 @@ from torch.func import functional_call
 
 from avfl.fl import stacked
 from avfl.fl.local import _read_names
+from avfl.fl.optimizer import RowOptimizer
 from avfl.fl.tasks import AudioTask, AVTask, VisualTask
+from avfl.fl.types import TrainSettings
 from avfl.methods import bmsfed, modalitymirror
 from avfl.methods.fedprox import Proximal
 from avfl.models.dropout import noise_pool, pool_size
 from avfl.models.heads import AVModel, WithTeacher, group_of
 
 ROWS, BATCH, AUDIO, VISUAL, CLASSES, HIDDEN = 3, 6, 20, 12, 7, 16
+SETTINGS = TrainSettings(local_epochs=1, batch_size=BATCH, lr=1e-3, optimizer="adam", weight_decay=0.0,
+                         eval_every=1, selection="best_dev", checkpoint_every=1)  # fmt: skip
 DISTILL = {"temperature": 2.0, "t2_scaling": True, "kd_weight": 1.0, "ce_weight": 0.0,
            "teacher": "frozen", "kl_direction": "teacher_to_student"}  # fmt: skip
 
@@ -99,9 +103,16 @@ def test_written_out_loss_and_gradients_equal_autograd_of_sample_loss(name):
         expected_grads.append({n: g if g is not None else torch.zeros_like(params[n])
                                for n, g in zip(trained, grads, strict=True)})  # fmt: skip
 
-    stack = {n: torch.stack([per_row[i][n] for i in range(ROWS)]) for n in names}
-    grad_buffers = {n: torch.full_like(stack[n], float("nan")) for n in trained}
-    rows = stacked.Rows(model, stack, grad_buffers, pools,
+    # The engine's layout: trained tensors and their gradients as views of the optimizer's
+    # flat, padded buffers (the 7-class biases are not contiguous across rows).
+    optimizer = RowOptimizer([{n: r[n] for n in trained} for r in per_row], trained, SETTINGS)
+    stack = {
+        n: torch.stack([per_row[i][n] for i in range(ROWS)]) for n in names if n not in trained
+    }
+    grad_buffers = optimizer.grad_views
+    for n in trained:
+        grad_buffers[n].fill_(float("nan"))
+    rows = stacked.Rows(model, optimizer.params | stack, grad_buffers, pools,
                         {n: torch.stack([s[n] for s in start]) for n in trained}, step=1)  # fmt: skip
     batch = stacked.Batch(audio, visual, labels, real / real.sum(-1, keepdim=True), values)
     model.train()
@@ -118,6 +129,37 @@ def test_written_out_loss_and_gradients_equal_autograd_of_sample_loss(name):
             torch.testing.assert_close(
                 grad_buffers[n][i], expected_grads[i][n], rtol=1e-9, atol=1e-12, msg=(name, i, n)
             )
+    for n in trained:  # nothing was written into the padding between rows
+        numel = optimizer.params[n][0].numel()
+        assert torch.all(optimizer._block(optimizer.flat_grads, n, ROWS)[:, numel:] == 0), n
+
+
+def test_the_proximal_term_is_skipped_exactly_at_the_first_step():
+    """At step 0 the trained tensors are their start: the term and its gradient are 0."""
+    torch.manual_seed(1)
+    model = base_model().double().train()
+    noise = pool_size(model, BATCH)
+    inner, prox = AVTask(), Proximal(AVTask(), mu=0.5)
+    trained = [n for n, _ in model.named_parameters() if group_of(n) in inner.groups]
+    state = model.state_dict()
+    names = _read_names(model, inner, state)
+    tensors = {n: torch.stack([state[n]] * ROWS) for n in names}
+    batch = stacked.Batch(torch.randn(ROWS, BATCH, AUDIO, dtype=torch.float64),
+                          torch.randn(ROWS, BATCH, VISUAL, dtype=torch.float64),
+                          torch.randint(0, CLASSES, (ROWS, BATCH)),
+                          torch.full((ROWS, BATCH), 1.0 / BATCH, dtype=torch.float64))  # fmt: skip
+    pools = torch.rand(ROWS, noise, dtype=torch.float64)
+    results = []
+    for task, step in ((inner, 0), (prox, 0), (prox, 3)):  # at step 3 computed, and still 0
+        grads = {n: torch.empty_like(tensors[n]) for n in trained}
+        rows = stacked.Rows(model, tensors, grads, pools,
+                            {n: tensors[n].clone() for n in trained}, step=step)  # fmt: skip
+        with torch.no_grad():
+            results.append((task.stacked(rows, batch), grads))
+    for loss, grads in results[1:]:
+        assert torch.equal(loss, results[0][0])
+        for n in trained:
+            assert torch.equal(grads[n], results[0][1][n]), n
 
 
 def _sample_loss(task, model, tensors, audio, visual, labels, kwargs):

@@ -101,11 +101,11 @@ def cmd_embed(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from avfl import allocator
     from avfl.gpu import slot_for
+    from avfl.runtime import configure_training_process
     from avfl.train import Job, run_job
 
-    allocator.retain_freed_memory()  # this process trains: reuse freed pages (allocator.py)
+    configure_training_process()  # this process trains (runtime.py)
     job = Job.from_json(
         args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text()
     )

@@ -20,7 +20,8 @@ updates only that prefix (a contiguous slice of every buffer), and a row that ha
 simply stops changing. No step is spent on padding, however unequal the clients' sizes.
 Models whose layers update state in place during the forward pass
 (BatchNorm) or whose backbones are trained (fine-tuning mode) take the same steps one row
-at a time (`lockstep=False` does so for any model: the tests' reference).
+at a time through autograd (`lockstep=False` does so for any model: the tests' reference,
+equal to the lockstep paths up to float rounding).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ element takes the same vector path whatever the batch. Padding elements have zer
 and stay zero.
 
 The parameters, gradients and Adam moments are one flat buffer each (per device and dtype),
-parameter after parameter, each parameter's rows contiguous: `views[name]` is a (rows, ...)
-view of it. A step of every row is then one kernel call over one tensor; a step of a prefix
+parameter after parameter, each parameter's rows contiguous: `params[name]` and
+`grad_views[name]` are (rows, ...) views of them. A step of every row is then one kernel call over one tensor; a step of a prefix
 of the rows (the others have finished their local steps) calls it per parameter on the
 prefix of each block. Both do the same arithmetic on every element (tested).
 

@@ -57,6 +57,14 @@ def supports(model: nn.Module) -> bool:
                 return False
         if not all(isinstance(getattr(m, f"{x}_head"), nn.Linear) for x in ("audio", "visual")):
             return False
+        # The blocks read every LayerNorm's affine and every linear layer's bias.
+        for layer in m.modules():
+            if isinstance(layer, nn.LayerNorm) and (
+                layer.weight is None or layer.bias is None or len(layer.normalized_shape) != 1
+            ):
+                return False
+            if isinstance(layer, nn.Linear) and layer.bias is None:
+                return False
     for name in ("audio_prototypes", "visual_prototypes"):
         if hasattr(model, name) and not isinstance(getattr(model, name), PrototypeHead):
             return False

@@ -43,7 +43,10 @@ class ClientUpdate:
 
     client: int
     task: Task
-    state: dict[str, torch.Tensor]  # trained tensors of task.groups (parameters and float buffers)
+    # Trained tensors of task.groups (parameters and float buffers). Read-only: they are views
+    # of one buffer shared by every client trained in the same step (fl/optimizer.py); clone
+    # before changing one or before keeping it beyond the round.
+    state: dict[str, torch.Tensor]
     weight: float  # number of local samples
     loss: float = float("nan")  # mean local training loss over the client's steps
 
@@ -135,8 +138,9 @@ class TrainSettings:
     eval_every: int
     selection: str  # "best_dev" | "last"
     checkpoint_every: int
-    # Clients of a round train in lockstep (vmapped) where the model allows it; False
-    # trains the same rows one at a time through the same code (a reference for tests).
+    # Clients of a round train in lockstep (written-out kernels or vmapped autograd) where the
+    # model allows it; False trains the same rows one at a time through autograd (a reference
+    # for tests, equal up to float rounding).
     lockstep: bool = True
 
 

@@ -55,8 +55,9 @@ class AdamServer:
         for name in sorted(trained):  # in float64, the moments updated in place
             x = state[name].double()
             delta = average[name].double().sub_(x)
-            m = self.m.setdefault(name, torch.zeros_like(delta))
-            v = self.v.setdefault(name, torch.zeros_like(delta))
+            # A resumed run's moments come from a checkpoint loaded on the CPU.
+            m = self.m[name] = self.m.get(name, torch.zeros_like(delta)).to(delta.device)
+            v = self.v[name] = self.v.get(name, torch.zeros_like(delta)).to(delta.device)
             m.mul_(self.b1).add_(delta, alpha=1 - self.b1)
             v.mul_(self.b2).addcmul_(delta, delta, value=1 - self.b2)
             step = torch.addcdiv(x, m, v.sqrt().add_(self.tau), value=self.lr)
