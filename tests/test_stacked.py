@@ -188,3 +188,11 @@ def test_models_the_blocks_do_not_describe_take_the_generic_path():
     finetune = base_model()
     finetune.audio_backbone = torch.nn.Linear(4, AUDIO)
     assert not stacked.supports(finetune)
+    no_affine = base_model()
+    no_affine.audio_encoder[0] = torch.nn.LayerNorm(no_affine.audio_encoder[0].normalized_shape,
+                                                    elementwise_affine=False)  # fmt: skip
+    assert not stacked.supports(no_affine)
+    no_bias = base_model()
+    head = no_bias.audio_head
+    no_bias.audio_head = torch.nn.Linear(head.in_features, head.out_features, bias=False)
+    assert not stacked.supports(no_bias)
