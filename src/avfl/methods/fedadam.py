@@ -56,13 +56,22 @@ class AdamServer:
             x = state[name].double()
             delta = average[name].double().sub_(x)
             # A resumed run's moments come from a checkpoint loaded on the CPU.
-            m = self.m[name] = self.m.get(name, torch.zeros_like(delta)).to(delta.device)
-            v = self.v[name] = self.v.get(name, torch.zeros_like(delta)).to(delta.device)
+            m, v = (self._moment(moments, name, delta) for moments in (self.m, self.v))
             m.mul_(self.b1).add_(delta, alpha=1 - self.b1)
             v.mul_(self.b2).addcmul_(delta, delta, value=1 - self.b2)
             step = torch.addcdiv(x, m, v.sqrt().add_(self.tau), value=self.lr)
             new[name] = step.to(state[name].dtype)
         return new
+
+    @staticmethod
+    def _moment(moments: dict, name: str, delta: torch.Tensor) -> torch.Tensor:
+        """The moment of `name` on `delta`'s device, zero on its first round."""
+        import torch
+
+        moment = moments.get(name)
+        moment = torch.zeros_like(delta) if moment is None else moment.to(delta.device)
+        moments[name] = moment
+        return moment
 
     def state_dict(self) -> dict[str, Any]:
         return {"m": self.m, "v": self.v}
