@@ -55,10 +55,14 @@ def test_the_dag_runs_through_the_profile_as_sbatch_jobs(slurm_cluster, tmp_path
         for p in (tmp_path / "slurm/results/tiny/runs").rglob("metrics.json")
     ]
     assert records and all(r["slurm_job_id"] for r in records)  # every training job was a SLURM job
-    assert {r["cuda_visible_devices"] for r in records} == {
-        "0",
-        "1",
-    }  # concurrent GPU jobs, different GPUs
+    # Every run trained on one of the node's two GPUs, taken from its SLURM job's allocation
+    # (gres) through a GPU slot (avfl/gpu.py). Which one depends on timing: a group job's
+    # training processes take distinct GPUs only while they overlap, and the two seeds' group
+    # jobs (2 CPUs each, on a 2-CPU node) run one after the other. Concurrent jobs getting
+    # distinct GPUs is tested deterministically in test_gpu.py.
+    devices = {r["cuda_visible_devices"] for r in records}
+    assert devices and devices <= {"0", "1"}, devices
+    assert len({r["slurm_job_id"] for r in records}) == 2  # one group job per seed
     accounting = slurm_cluster.run("squeue", "-h", "-t", "all", "-o", "%j").stdout
     assert accounting.count("\n") >= 10  # generate, extract, partitions, embeds, training, reports
     local = snakemake(tmp_path / "local", "all", "--configfile", str(config))
