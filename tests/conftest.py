@@ -92,6 +92,7 @@ TINY_FEDERATED = {
     "eval_every": 5,
     "selection": "best_dev",
     "checkpoint_every": 5,
+    "checkpoint_interval_s": 0,  # every multiple of checkpoint_every: tests kill runs mid-way
     "device": "cpu",
 }
 

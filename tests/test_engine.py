@@ -130,6 +130,34 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
         assert torch.equal(whole.state[name], resumed.state[name]), name
 
 
+def test_checkpoints_wait_for_their_interval_but_the_last_round_is_always_saved(
+    tmp_path, monkeypatch
+):
+    """At multiples of checkpoint_every a job checkpoints only once checkpoint_interval_s has
+    passed since its last checkpoint; the phase's last round is saved whatever the time."""
+    import avfl.fl.engine as engine
+
+    clock = iter(range(0, 10_000, 10))  # every reading of the clock is 10 s later
+    monkeypatch.setattr(engine, "clock", lambda: float(next(clock)))
+    saved: list[int] = []
+    monkeypatch.setattr(engine, "_save_atomic", lambda obj, path: saved.append(obj["round"]))
+    data = make_data(n_clients=4)
+    phase = Phase(
+        "p", range(4), lambda c: AudioTask(), rounds=9, clients_per_round=2, select_by="audio"
+    )
+
+    def go(interval: float) -> list[int]:
+        saved.clear()
+        model = fresh_model()
+        cfg = settings(checkpoint_every=2, checkpoint_interval_s=interval)
+        run_phase(phase, model, initial(model), data, cfg, 1, checkpoint_dir=tmp_path, log=quiet)
+        return list(saved)
+
+    assert go(0) == [2, 4, 6, 8, 9]
+    assert go(25) == [4, 8, 9]  # 40 s after the start, then 40 s after that save
+    assert go(10_000) == [9]
+
+
 def test_best_dev_selection_keeps_the_first_best_round():
     data = make_data(n_clients=2)
     phase = Phase(

@@ -40,7 +40,9 @@ def gpu_config(path: Path, rounds: int = 3, seeds=(0, 1)) -> Path:
     data = yaml.safe_load(config.read_text())
     data["datasets"]["tiny"]["folds"] = [1]
     data["model"] = {"audio": {"backbone": "small_cnn"}, "visual": {"backbone": "small_cnn"}}
-    data["federated"].update(device="auto", rounds=rounds, checkpoint_every=1)
+    data["federated"].update(
+        device="auto", rounds=rounds, checkpoint_every=1, checkpoint_interval_s=0
+    )
     config.write_text(yaml.safe_dump(data))
     return config
 

@@ -130,7 +130,7 @@ def train_settings(fed: Mapping[str, Any]) -> TrainSettings:
         local_epochs=fed["local_epochs"], batch_size=fed["batch_size"], lr=fed["client_lr"],
         optimizer=fed["optimizer"], weight_decay=fed["weight_decay"], eval_every=fed["eval_every"],
         selection=fed["selection"], checkpoint_every=fed["checkpoint_every"],
-        lockstep=fed.get("lockstep", True),
+        lockstep=fed.get("lockstep", True), checkpoint_interval_s=fed.get("checkpoint_interval_s", 0.0),
     )  # fmt: skip
 
 

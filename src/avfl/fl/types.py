@@ -142,6 +142,9 @@ class TrainSettings:
     # model allows it; False trains the same rows one at a time through autograd (a reference
     # for tests, equal up to float rounding).
     lockstep: bool = True
+    # Fewest seconds between a job's checkpoints at multiples of `checkpoint_every` (0: every
+    # multiple). Checkpoints cost time and disk (BMSFed's hold its update rows), not results.
+    checkpoint_interval_s: float = 0.0
 
 
 def derive_seed(*parts: int | str) -> int:
