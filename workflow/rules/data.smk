@@ -117,7 +117,7 @@ rule extract_features:
         "results/logs/{dataset}/extract.log",
     benchmark:
         "results/benchmarks/{dataset}/extract.tsv"
-    threads: min(8, workflow.cores)
+    threads: 8  # Snakemake lowers it to --cores where fewer are given
     resources:
         mem_mb=4000,
     conda:
