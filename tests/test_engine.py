@@ -130,6 +130,46 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
         assert torch.equal(whole.state[name], resumed.state[name]), name
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut short", "not a checkpoint", "another format"])
+def test_an_unreadable_checkpoint_is_set_aside_and_the_phase_trains_from_round_0(tmp_path, damage):
+    """A checkpoint damaged after it was written (a power loss, a full disk, another
+    version's file) costs the rounds it held, never the job: the phase trains from round 0,
+    to the result of an uninterrupted run, and the log names the file."""
+    data = make_data(n_clients=4)
+    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=6, clients_per_round=2,
+                  select_by="audio")  # fmt: skip
+    cfg = settings(checkpoint_every=2)
+    logged: list[str] = []
+
+    def go(ckpt, stop_after=None):
+        model = fresh_model()
+        return run_phase(phase, model, initial(model), data, cfg, 3, checkpoint_dir=ckpt,
+                         log=logged.append, stop_after=stop_after)  # fmt: skip
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    whole = go(tmp_path / "a")
+    with pytest.raises(Interrupted):
+        go(tmp_path / "b", stop_after=4)
+    path = tmp_path / "b" / "p.ckpt"
+    good = path.read_bytes()
+    if damage == "another format":
+        saved = torch.load(path, weights_only=False)
+        torch.save({**saved, "format": -1}, path)
+    else:
+        path.write_bytes({"empty": b"", "cut short": good[: len(good) // 2],
+                          "not a checkpoint": b"x" * 100}[damage])  # fmt: skip
+    logged.clear()
+    again = go(tmp_path / "b")
+    assert again.resumed_from == 0 and again.rounds == 6
+    assert again.dev_curve == whole.dev_curve
+    for name in whole.state:
+        assert torch.equal(whole.state[name], again.state[name]), name
+    (line,) = [m for m in logged if "cannot resume" in m]
+    assert str(path) in line and "round 0" in line
+    assert (tmp_path / "b" / "p.ckpt.unreadable").exists()
+
+
 def test_checkpoints_wait_for_their_interval_but_the_last_round_is_always_saved(
     tmp_path, monkeypatch
 ):

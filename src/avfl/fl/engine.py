@@ -15,6 +15,7 @@ another batch, therefore gives exactly the same result.
 from __future__ import annotations
 
 import os
+import pickle
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -68,10 +69,45 @@ def dev_score(model: torch.nn.Module, data: FederatedData, metric: str) -> float
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """Write to a temporary file, then rename: a killed job leaves the previous checkpoint."""
+    """Write to a temporary file, flush it to disk, then rename: a killed job, or a machine
+    that loses power, leaves the previous checkpoint whole."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+# What torch.load raises for a file cut short (EOFError; RuntimeError or OSError from the
+# archive reader, by where the cut falls), filled with something else (UnpicklingError), or
+# of an unexpected layout; and an unreadable file's own OSError.
+UNREADABLE = (
+    EOFError, OSError, RuntimeError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
+)  # fmt: skip
+
+
+def _load_checkpoint(path: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None when it cannot be resumed from.
+
+    A checkpoint only saves time: one that is unreadable or of another format is moved aside
+    (`<name>.unreadable`, removed with the run's checkpoints when its job finishes) and the
+    phase starts again from round 0, instead of failing every retry of the job until someone
+    deletes the file. A file damaged inside a tensor's bytes is not caught here: torch.load
+    does not check the archive's CRC-32 (runtime.py).
+    """
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"format {saved.get('format') if isinstance(saved, dict) else None}, "
+                             f"this version reads format {CHECKPOINT_FORMAT}")  # fmt: skip
+    except UNREADABLE as error:
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        log(f"{path}: cannot resume from this checkpoint ({type(error).__name__}: "
+            f"{str(error)[:200]}); moved it to {aside.name} and started the phase from round 0")  # fmt: skip
+        return None
+    return saved
 
 
 def _copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -113,8 +149,6 @@ class _Live:
         }  # fmt: skip
 
     def restore(self, saved: Mapping[str, Any]) -> None:
-        if saved.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{self.ckpt_path}: checkpoint of another format: delete it")
         device = self.run.data.audio.device
         move = lambda s: {k: v.to(device) for k, v in s.items()}  # noqa: E731
         self.state = move(saved["state"])
@@ -135,8 +169,9 @@ def _start(run: PhaseRun) -> _Live:
     structure = tuple((n, tuple(v.shape)) for n, v in run.model.state_dict().items())
     live = _Live(run, server, _copy(run.initial_state), metrics, structure)
     path = live.ckpt_path
-    if path is not None and path.exists():
-        live.restore(torch.load(path, map_location="cpu", weights_only=False))
+    saved = _load_checkpoint(path, run.log) if path is not None and path.exists() else None
+    if saved is not None:
+        live.restore(saved)
         run.log(f"[{phase.name}] resumed from round {live.round}")
     else:
         live.state = live.server.start(live.state)
