@@ -154,6 +154,19 @@ def test_cli_reports_a_missing_consumed_run_in_one_line(tiny_training, tmp_path)
     assert "run multifl first" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_cli_reports_an_unreadable_consumed_model_in_one_line(tiny_training, tmp_path):
+    saved = tmp_path / "multifl" / run_folder(0.5, 0)
+    saved.mkdir(parents=True)
+    (saved / "model.pt").write_bytes(b"cut sho")
+    job = tiny_job(
+        tiny_training, tmp_path / "mm", "modalitymirror", consumes={"multifl": tmp_path / "multifl"}
+    )
+    done = subprocess.run(_cli(job), capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "model.pt cannot be read" in done.stderr and "rerun multifl" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_cli_keeps_the_traceback_of_a_bug(tiny_training, tmp_path):
     spec = json.loads(_cli(tiny_job(tiny_training, tmp_path, "multifl"))[-1])
     spec["settings"]["federated"]["local_epochs"] = (

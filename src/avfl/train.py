@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import resource
 import shutil
@@ -207,7 +208,13 @@ def _load_consumed(job: Job, run: RunSpec, device: torch.device) -> dict[str, di
         path = Path(directory) / "model.pt"
         if not path.exists():
             raise UserError(f"{path} not found: run {name} first (the workflow does this)")
-        saved = torch.load(path, map_location=device, weights_only=True)
+        try:
+            saved = torch.load(path, map_location=device, weights_only=True)
+        except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as error:
+            raise UserError(
+                f"{path} cannot be read ({type(error).__name__}: {str(error)[:200]}): delete "
+                f"its folder and rerun {name}"
+            ) from error
         expected = job.consumed_hashes.get(name)
         if expected and saved.get("config_hash") != expected:
             raise UserError(
