@@ -72,10 +72,12 @@ def _save_atomic(obj: Any, path: Path) -> None:
     """Write to a temporary file, flush it to disk, then rename: a killed job, or a machine
     that loses power, leaves the previous checkpoint whole."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
+    torch.save(obj, tmp)
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
