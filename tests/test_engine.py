@@ -131,43 +131,66 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["empty", "cut short", "not a checkpoint", "another format"])
-def test_an_unreadable_checkpoint_is_set_aside_and_the_phase_trains_from_round_0(tmp_path, damage):
-    """A checkpoint damaged after it was written (a power loss, a full disk, another
-    version's file) costs the rounds it held, never the job: the phase trains from round 0,
-    to the result of an uninterrupted run, and the log names the file."""
+def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_round_0(
+    tmp_path, damage
+):
+    """Two runs of a batch were interrupted; one's checkpoint was damaged afterwards (a disk
+    fault, a partial copy, another version's file). That run trains from round 0 and the
+    other resumes; both end as if never interrupted, and the log names the damaged file."""
     data = make_data(n_clients=4)
     phase = Phase("p", range(4), lambda c: AudioTask(), rounds=6, clients_per_round=2,
                   select_by="audio")  # fmt: skip
     cfg = settings(checkpoint_every=2)
     logged: list[str] = []
 
-    def go(ckpt, stop_after=None):
-        model = fresh_model()
-        return run_phase(phase, model, initial(model), data, cfg, 3, checkpoint_dir=ckpt,
-                         log=logged.append, stop_after=stop_after)  # fmt: skip
+    def go(folder: str, stop_after=None):
+        runs = []
+        for seed in (3, 4):
+            model = fresh_model()
+            ckpt = tmp_path / folder / f"seed{seed}"
+            ckpt.mkdir(parents=True, exist_ok=True)
+            runs.append(PhaseRun(phase, model, initial(model), data, cfg, seed, ckpt,
+                                 logged.append, stop_after))  # fmt: skip
+        return run_phases(runs)
 
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    whole = go(tmp_path / "a")
+    whole = go("whole")
     with pytest.raises(Interrupted):
-        go(tmp_path / "b", stop_after=4)
-    path = tmp_path / "b" / "p.ckpt"
+        go("killed", stop_after=4)
+    path = tmp_path / "killed" / "seed4" / "p.ckpt"
     good = path.read_bytes()
     if damage == "another format":
-        saved = torch.load(path, weights_only=False)
-        torch.save({**saved, "format": -1}, path)
+        torch.save({**torch.load(path, weights_only=False), "format": -1}, path)
     else:
         path.write_bytes({"empty": b"", "cut short": good[: len(good) // 2],
                           "not a checkpoint": b"x" * 100}[damage])  # fmt: skip
     logged.clear()
-    again = go(tmp_path / "b")
-    assert again.resumed_from == 0 and again.rounds == 6
-    assert again.dev_curve == whole.dev_curve
-    for name in whole.state:
-        assert torch.equal(whole.state[name], again.state[name]), name
+    again = go("killed")
+    assert [r.resumed_from for r in again] == [4, 0]
+    for before, after in zip(whole, again, strict=True):
+        assert after.dev_curve == before.dev_curve and after.rounds == 6
+        for name in before.state:
+            assert torch.equal(before.state[name], after.state[name]), name
     (line,) = [m for m in logged if "cannot resume" in m]
     assert str(path) in line and "round 0" in line
-    assert (tmp_path / "b" / "p.ckpt.unreadable").exists()
+    assert path.with_name("p.ckpt.unreadable").exists()
+
+
+def test_a_checkpoint_is_not_set_aside_for_what_says_nothing_about_the_file(tmp_path, monkeypatch):
+    """Permission and memory errors while loading are raised, and the checkpoint is kept."""
+    import avfl.fl.engine as engine
+
+    path = tmp_path / "p.ckpt"
+    path.write_bytes(b"anything")
+    for error in (PermissionError(13, "Permission denied"),
+                  RuntimeError("DefaultCPUAllocator: can't allocate memory")):  # fmt: skip
+
+        def load(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(engine.torch, "load", load)
+        with pytest.raises(type(error)):
+            engine._load_checkpoint(path, quiet)
+        assert path.exists()
 
 
 def test_checkpoints_wait_for_their_interval_but_the_last_round_is_always_saved(

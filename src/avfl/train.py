@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import platform
 import resource
 import shutil
@@ -37,12 +36,13 @@ from avfl.errors import UserError
 from avfl.evaluate import evaluate
 from avfl.fl.batch import run_batch
 from avfl.fl.data import FederatedData, build_federated_data, label_tensor
+from avfl.fl.engine import UNREADABLE, unreadable
 from avfl.fl.types import TrainSettings, derive_seed
 from avfl.methods import get_method
 from avfl.methods.context import MethodResult, RunContext
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone
 from avfl.models.heads import AVModel, feature_stats
-from avfl.records import write_json
+from avfl.records import save_torch, write_json
 
 RUN_FORMAT_VERSION = 2
 # The runs of a job build their models in their own threads; PyTorch's initialisers draw from
@@ -210,7 +210,11 @@ def _load_consumed(job: Job, run: RunSpec, device: torch.device) -> dict[str, di
             raise UserError(f"{path} not found: run {name} first (the workflow does this)")
         try:
             saved = torch.load(path, map_location=device, weights_only=True)
-        except (EOFError, OSError, RuntimeError, pickle.UnpicklingError) as error:
+            if not isinstance(saved, dict):
+                raise TypeError(f"holds a {type(saved).__name__}, not a saved run")
+        except UNREADABLE as error:
+            if not unreadable(error):
+                raise
             raise UserError(
                 f"{path} cannot be read ({type(error).__name__}: {str(error)[:200]}): delete "
                 f"its folder and rerun {name}"
@@ -323,7 +327,7 @@ def _one_run(job: Job, run: RunSpec, fold: _Fold, device: torch.device, log: Cal
         files = _model_file(job, result, record)
         for directory in (done, run.out):
             directory.mkdir(parents=True, exist_ok=True)
-            torch.save(files, directory / "model.pt")
+            save_torch(directory / "model.pt", files)
             write_json(directory / "metrics.json", record)
         return record
 

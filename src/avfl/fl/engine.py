@@ -40,6 +40,7 @@ from avfl.fl.types import (
     TrainSettings,
     derive_seed,
 )
+from avfl.records import save_torch
 
 CHECKPOINT_FORMAT = 3  # 3: BMSFed's server keeps its rows' norms
 clock = time.monotonic  # when checkpoints are due (checkpoint_interval_s); tests replace it
@@ -69,31 +70,33 @@ def dev_score(model: torch.nn.Module, data: FederatedData, metric: str) -> float
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """Write to a temporary file, flush it to disk, then rename: a killed job, or a machine
-    that loses power, leaves the previous checkpoint whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Flushed to disk before it replaces the previous checkpoint (records.replace_durably)."""
+    save_torch(path, obj)
 
 
 # What torch.load raises for a file cut short (EOFError; RuntimeError or OSError from the
-# archive reader, by where the cut falls), filled with something else (UnpicklingError), or
-# of an unexpected layout; and an unreadable file's own OSError.
+# archive reader, by where the cut falls), filled with something else (UnpicklingError),
+# pickled against other library versions (ImportError, AttributeError), or of an unexpected
+# layout. Not among them: a file the process may not read, and memory that ran out.
 UNREADABLE = (
-    EOFError, OSError, RuntimeError, pickle.UnpicklingError, ValueError, KeyError, TypeError,
+    EOFError, OSError, RuntimeError, pickle.UnpicklingError, ImportError, AttributeError,
+    ValueError, KeyError, TypeError,
 )  # fmt: skip
+
+
+def unreadable(error: BaseException) -> bool:
+    """True when `error`, raised by torch.load, says the file is damaged or foreign; False for
+    what says nothing about the file (permissions, memory), which must not cost a checkpoint."""
+    if isinstance(error, PermissionError | MemoryError) or not isinstance(error, UNREADABLE):
+        return False
+    return not any(m in str(error) for m in ("allocate memory", "out of memory"))
 
 
 def _load_checkpoint(path: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
     """The checkpoint at `path`, or None when it cannot be resumed from.
 
     A checkpoint only saves time: one that is unreadable or of another format is moved aside
-    (`<name>.unreadable`, removed with the run's checkpoints when its job finishes) and the
+    (`<name>.unreadable`, removed with the run's checkpoints when its job succeeds) and the
     phase starts again from round 0, instead of failing every retry of the job until someone
     deletes the file. A file damaged inside a tensor's bytes is not caught here: torch.load
     does not check the archive's CRC-32 (runtime.py).
@@ -104,6 +107,8 @@ def _load_checkpoint(path: Path, log: Callable[[str], None]) -> dict[str, Any] |
             raise ValueError(f"format {saved.get('format') if isinstance(saved, dict) else None}, "
                              f"this version reads format {CHECKPOINT_FORMAT}")  # fmt: skip
     except UNREADABLE as error:
+        if not unreadable(error):
+            raise
         aside = path.with_name(path.name + ".unreadable")
         os.replace(path, aside)
         log(f"{path}: cannot resume from this checkpoint ({type(error).__name__}: "
