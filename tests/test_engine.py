@@ -326,6 +326,45 @@ def test_server_state_survives_a_resume(tmp_path):
     assert torch.equal(whole.state["audio_head.bias"], resumed.state["audio_head.bias"])
 
 
+def test_a_finished_phase_is_checkpointed_without_its_server_state(tmp_path):
+    """A finished phase never aggregates again: its checkpoint leaves the server's state out
+    (BMSFed's update stores are most of a checkpoint), and a rerun restores the result from it.
+    The same file before the last round cannot be resumed from: set aside, trained from 0."""
+    data = make_data(n_clients=4)
+    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=7, clients_per_round=2, select_by="audio",
+                  server=CountingServer)  # fmt: skip
+    cfg = settings(checkpoint_every=2)
+    logged: list[str] = []
+
+    def go(ckpt, stop_after=None):
+        model = fresh_model()
+        return run_phase(phase, model, initial(model), data, cfg, 0, checkpoint_dir=ckpt,
+                         log=logged.append, stop_after=stop_after)  # fmt: skip
+
+    whole = go(tmp_path)
+    saved = torch.load(tmp_path / "p.ckpt", weights_only=False)
+    assert saved["round"] == 7 and saved["server"] is None
+    again = go(tmp_path)
+    assert again.resumed_from == 7 and again.dev_curve == whole.dev_curve
+    assert again.selected_round == whole.selected_round
+    for name in whole.state:
+        assert torch.equal(whole.state[name], again.state[name]), name
+
+    (tmp_path / "b").mkdir()
+    with pytest.raises(Interrupted):
+        go(tmp_path / "b", stop_after=3)
+    interrupted = torch.load(tmp_path / "b/p.ckpt", weights_only=False)
+    assert interrupted["round"] == 3 and interrupted["server"] == {"seen": 6}
+    interrupted["server"] = None
+    torch.save(interrupted, tmp_path / "b/p.ckpt")
+    logged.clear()
+    redone = go(tmp_path / "b")
+    assert redone.resumed_from == 0 and (tmp_path / "b/p.ckpt.unreadable").exists()
+    assert any("round 3 of 7 without the server's state" in line for line in logged)
+    for name in whole.state:
+        assert torch.equal(whole.state[name], redone.state[name]), name
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_lockstep_clients_train_as_one_at_a_time(optimizer):
     """The lockstep path (padded batches, stacked rows) equals row-by-row training, dropout included."""

@@ -117,7 +117,11 @@ def _cli(job) -> list[str]:
     return [sys.executable, "-m", "avfl", "train", "--job", json.dumps(spec)]
 
 
-def test_killed_job_resumes_to_the_same_metrics(tiny_training, tmp_path):
+@pytest.mark.parametrize("damaged", [False, True])
+def test_killed_job_resumes_to_the_same_metrics(tiny_training, tmp_path, damaged):
+    """Killed mid-run, the job resumes from its checkpoint; with that checkpoint cut short
+    (a disk that filled up, a copy that stopped), it sets the file aside and trains the phase
+    again from round 0, to the same metrics."""
     slow = {"rounds": 60, "checkpoint_every": 2}
     (whole,) = run_job(
         tiny_job(tiny_training, tmp_path / "whole", "multifl", federated=slow), log=quiet
@@ -136,12 +140,20 @@ def test_killed_job_resumes_to_the_same_metrics(tiny_training, tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert list(out.glob("checkpoints/*/*.ckpt")) and not (out / "metrics.json").exists()
+    (checkpoint,) = out.glob("checkpoints/*/*.ckpt")
+    assert not (out / "metrics.json").exists()
+    if damaged:
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
     done = subprocess.run(_cli(job), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "resumed from round" in done.stderr
     resumed = json.loads((out / "metrics.json").read_text())
-    assert resumed["resumed_from"]["multifl"] > 0
+    if damaged:
+        assert "cannot resume from this checkpoint" in done.stderr
+        assert "resumed from round" not in done.stderr and "Traceback" not in done.stderr
+        assert resumed["resumed_from"] == {}  # no phase resumed: multifl trained from round 0
+    else:
+        assert "resumed from round" in done.stderr
+        assert resumed["resumed_from"]["multifl"] > 0
     assert stable(resumed) == stable(json.loads(json.dumps(whole)))
 
 

@@ -92,7 +92,9 @@ def unreadable(error: BaseException) -> bool:
     return not any(m in str(error) for m in ("allocate memory", "out of memory"))
 
 
-def _load_checkpoint(path: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
+def _load_checkpoint(
+    path: Path, log: Callable[[str], None], rounds: int | None = None
+) -> dict[str, Any] | None:
     """The checkpoint at `path`, or None when it cannot be resumed from.
 
     A checkpoint only saves time: one that is unreadable or of another format is moved aside
@@ -106,6 +108,8 @@ def _load_checkpoint(path: Path, log: Callable[[str], None]) -> dict[str, Any] |
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {saved.get('format') if isinstance(saved, dict) else None}, "
                              f"this version reads format {CHECKPOINT_FORMAT}")  # fmt: skip
+        if rounds is not None and saved["server"] is None and saved["round"] < rounds:
+            raise ValueError(f"round {saved['round']} of {rounds} without the server's state")
     except UNREADABLE as error:
         if not unreadable(error):
             raise
@@ -149,9 +153,13 @@ class _Live:
         return self.round >= self.run.phase.rounds
 
     def checkpoint(self) -> dict[str, Any]:
+        """What resuming needs. A finished phase never aggregates again, so its server's
+        state (BMSFed's stores of every client's update: about 180 MB per run at the paper's
+        scale) is left out: None."""
+        server = None if self.done else self.server.state_dict()
         return {
             "format": CHECKPOINT_FORMAT, "state": self.state, "best": self.best, "curve": self.curve,
-            "round": self.round, "losses": self.losses, "server": self.server.state_dict(),
+            "round": self.round, "losses": self.losses, "server": server,
             "client_updates": self.client_updates, "local_steps": self.local_steps,
         }  # fmt: skip
 
@@ -162,7 +170,8 @@ class _Live:
         self.best = {m: (score, rnd, move(s)) for m, (score, rnd, s) in saved["best"].items()}
         self.curve, self.round, self.losses = saved["curve"], saved["round"], saved["losses"]
         self.client_updates, self.local_steps = saved["client_updates"], saved["local_steps"]
-        self.server.load_state_dict(saved["server"])
+        if saved["server"] is not None:  # None: a finished phase's (checkpoint)
+            self.server.load_state_dict(saved["server"])
         self.resumed_from = self.round
 
 
@@ -176,7 +185,11 @@ def _start(run: PhaseRun) -> _Live:
     structure = tuple((n, tuple(v.shape)) for n, v in run.model.state_dict().items())
     live = _Live(run, server, _copy(run.initial_state), metrics, structure)
     path = live.ckpt_path
-    saved = _load_checkpoint(path, run.log) if path is not None and path.exists() else None
+    saved = (
+        _load_checkpoint(path, run.log, phase.rounds)
+        if path is not None and path.exists()
+        else None
+    )
     if saved is not None:
         live.restore(saved)
         run.log(f"[{phase.name}] resumed from round {live.round}")
