@@ -13,8 +13,10 @@ from avfl.fl.server import FedAvgServer
 from avfl.fl.tasks import AudioTask, AVTask
 from avfl.fl.types import Interrupted, Phase, TrainSettings, derive_seed
 from avfl.models.heads import AVModel
+from avfl.records import verify_checksum, with_checksum
 
 from .conftest import quiet
+from .helpers import flip_a_tensor_byte
 
 
 def make_data(n_clients: int = 1, n: int = 60, classes: int = 3) -> FederatedData:
@@ -130,12 +132,16 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
         assert torch.equal(whole.state[name], resumed.state[name]), name
 
 
-@pytest.mark.parametrize("damage", ["empty", "cut short", "not a checkpoint", "another format"])
+@pytest.mark.parametrize(
+    "damage",
+    ["empty", "cut short", "not a checkpoint", "another format", "a byte flipped in a tensor"],
+)
 def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_round_0(
     tmp_path, damage
 ):
     """Two runs of a batch were interrupted; one's checkpoint was damaged afterwards (a disk
-    fault, a partial copy, another version's file). That run trains from round 0 and the
+    fault, a partial copy, another version's file, a flipped bit that torch.load reads
+    silently and only the checkpoint's checksum catches). That run trains from round 0 and the
     other resumes; both end as if never interrupted, and the log names the damaged file."""
     data = make_data(n_clients=4)
     phase = Phase("p", range(4), lambda c: AudioTask(), rounds=6, clients_per_round=2,
@@ -160,6 +166,9 @@ def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_roun
     good = path.read_bytes()
     if damage == "another format":
         torch.save({**torch.load(path, weights_only=False), "format": -1}, path)
+    elif damage == "a byte flipped in a tensor":
+        flip_a_tensor_byte(path)
+        assert torch.load(path, weights_only=False)["format"] == 4  # loads without complaint
     else:
         path.write_bytes({"empty": b"", "cut short": good[: len(good) // 2],
                           "not a checkpoint": b"x" * 100}[damage])  # fmt: skip
@@ -172,6 +181,8 @@ def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_roun
             assert torch.equal(before.state[name], after.state[name]), name
     (line,) = [m for m in logged if "cannot resume" in m]
     assert str(path) in line and "round 0" in line
+    if damage == "a byte flipped in a tensor":
+        assert "do not match their checksum" in line
     assert path.with_name("p.ckpt.unreadable").exists()
 
 
@@ -353,10 +364,10 @@ def test_a_finished_phase_is_checkpointed_without_its_server_state(tmp_path):
     (tmp_path / "b").mkdir()
     with pytest.raises(Interrupted):
         go(tmp_path / "b", stop_after=3)
-    interrupted = torch.load(tmp_path / "b/p.ckpt", weights_only=False)
+    interrupted = verify_checksum(torch.load(tmp_path / "b/p.ckpt", weights_only=False))
     assert interrupted["round"] == 3 and interrupted["server"] == {"seen": 6}
     interrupted["server"] = None
-    torch.save(interrupted, tmp_path / "b/p.ckpt")
+    torch.save(with_checksum(interrupted), tmp_path / "b/p.ckpt")
     logged.clear()
     redone = go(tmp_path / "b")
     assert redone.resumed_from == 0 and (tmp_path / "b/p.ckpt.unreadable").exists()

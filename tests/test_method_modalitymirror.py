@@ -1,5 +1,7 @@
 """ModalityMirror: phase 1 is MultiFL's saved result; phase 2 distils into the audio student."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -43,6 +45,14 @@ def test_reads_multifl_result_instead_of_retraining(tiny_training, tmp_path):
     assert (
         mirror["budget"]["total"]["client_trainings"] > mirror["budget"]["own"]["client_trainings"]
     )
+    # A model.pt written before models carried a checksum is still read, to the same result.
+    saved = tmp_path / "multifl" / run_folder(0.25, 0) / "model.pt"
+    older = torch.load(saved, weights_only=True)
+    torch.save({k: v for k, v in older.items() if k != "sha256"}, saved)
+    (run,) = job.runs
+    job = replace(job, runs=[replace(run, out=tmp_path / "mm2" / run_folder(0.25, 0))])
+    (again,) = run_job(job, log=quiet)
+    assert again["dev_curve"] == mirror["dev_curve"] and again["test"] == mirror["test"]
 
 
 def test_missing_or_mismatched_phase1_is_a_clear_error(tiny_training, tmp_path):

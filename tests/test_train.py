@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from avfl.errors import UserError
+from avfl.records import with_checksum
 from avfl.train import run_job
 
 from .conftest import quiet, run_folder, tiny_job
+from .helpers import flip_a_tensor_byte
 
 VOLATILE = {"wall_time_s", "peak_memory_mb", "resumed_from", "batch_size"}
 
@@ -166,10 +168,18 @@ def test_cli_reports_a_missing_consumed_run_in_one_line(tiny_training, tmp_path)
     assert "run multifl first" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_cli_reports_an_unreadable_consumed_model_in_one_line(tiny_training, tmp_path):
+@pytest.mark.parametrize("damage", ["cut short", "a byte flipped in a tensor"])
+def test_cli_reports_an_unreadable_consumed_model_in_one_line(tiny_training, tmp_path, damage):
+    """A damaged model.pt of a consumed run stops the consumer with the fix, also when
+    torch.load reads it without complaint (a flipped bit: only its checksum catches it)."""
     saved = tmp_path / "multifl" / run_folder(0.5, 0)
     saved.mkdir(parents=True)
-    (saved / "model.pt").write_bytes(b"cut sho")
+    if damage == "cut short":
+        (saved / "model.pt").write_bytes(b"cut sho")
+    else:
+        model = {"config_hash": "x", "states": {"multifl": {"w": torch.randn(1000)}}, "budget": {}}
+        torch.save(with_checksum(model), saved / "model.pt")
+        flip_a_tensor_byte(saved / "model.pt")
     job = tiny_job(
         tiny_training, tmp_path / "mm", "modalitymirror", consumes={"multifl": tmp_path / "multifl"}
     )

@@ -17,7 +17,8 @@ def configure_training_process() -> None:
     cut short never replaces the previous one, and a checkpoint damaged afterwards that cannot
     be read is set aside (engine._load_checkpoint). The CRC would add nothing on reading:
     torch.load (2.14) does not check it, and a byte flipped inside a tensor loads silently
-    with or without it (tried).
+    with or without it (tried). Checkpoints and model files carry their own SHA-256 of their
+    contents instead, checked on loading (records.fingerprint).
     """
     from torch.utils.serialization import config
 

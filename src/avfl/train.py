@@ -42,7 +42,7 @@ from avfl.methods import get_method
 from avfl.methods.context import MethodResult, RunContext
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone
 from avfl.models.heads import AVModel, feature_stats
-from avfl.records import save_torch, write_json
+from avfl.records import save_torch, verify_checksum, with_checksum, write_json
 
 RUN_FORMAT_VERSION = 2
 # The runs of a job build their models in their own threads; PyTorch's initialisers draw from
@@ -212,6 +212,7 @@ def _load_consumed(job: Job, run: RunSpec, device: torch.device) -> dict[str, di
             saved = torch.load(path, map_location=device, weights_only=True)
             if not isinstance(saved, dict):
                 raise TypeError(f"holds a {type(saved).__name__}, not a saved run")
+            saved = verify_checksum(saved, required=False)  # older versions wrote none
         except UNREADABLE as error:
             if not unreadable(error):
                 raise
@@ -327,7 +328,7 @@ def _one_run(job: Job, run: RunSpec, fold: _Fold, device: torch.device, log: Cal
         files = _model_file(job, result, record)
         for directory in (done, run.out):
             directory.mkdir(parents=True, exist_ok=True)
-            save_torch(directory / "model.pt", files)
+            save_torch(directory / "model.pt", with_checksum(files))
             write_json(directory / "metrics.json", record)
         return record
 

@@ -40,9 +40,9 @@ from avfl.fl.types import (
     TrainSettings,
     derive_seed,
 )
-from avfl.records import save_torch
+from avfl.records import save_torch, verify_checksum, with_checksum
 
-CHECKPOINT_FORMAT = 3  # 3: BMSFed's server keeps its rows' norms
+CHECKPOINT_FORMAT = 4  # 3: BMSFed's server keeps its rows' norms; 4: a checksum (records.py)
 clock = time.monotonic  # when checkpoints are due (checkpoint_interval_s); tests replace it
 
 
@@ -70,8 +70,9 @@ def dev_score(model: torch.nn.Module, data: FederatedData, metric: str) -> float
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """Flushed to disk before it replaces the previous checkpoint (records.replace_durably)."""
-    save_torch(path, obj)
+    """With its checksum, flushed to disk before it replaces the previous checkpoint
+    (records.replace_durably)."""
+    save_torch(path, with_checksum(obj))
 
 
 # What torch.load raises for a file cut short (EOFError; RuntimeError or OSError from the
@@ -100,14 +101,16 @@ def _load_checkpoint(
     A checkpoint only saves time: one that is unreadable or of another format is moved aside
     (`<name>.unreadable`, removed with the run's checkpoints when its job succeeds) and the
     phase starts again from round 0, instead of failing every retry of the job until someone
-    deletes the file. A file damaged inside a tensor's bytes is not caught here: torch.load
-    does not check the archive's CRC-32 (runtime.py).
+    deletes the file. That includes a file damaged inside a tensor's bytes, which torch.load
+    reads without complaint (it does not check the archive's CRC-32, runtime.py): the
+    checkpoint's own checksum (records.fingerprint) does not match.
     """
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"format {saved.get('format') if isinstance(saved, dict) else None}, "
                              f"this version reads format {CHECKPOINT_FORMAT}")  # fmt: skip
+        saved = verify_checksum(saved)
         if rounds is not None and saved["server"] is None and saved["round"] < rounds:
             raise ValueError(f"round {saved['round']} of {rounds} without the server's state")
     except UNREADABLE as error:
