@@ -20,6 +20,11 @@ def checkpoint_like() -> dict:
         "curve": [{"audio": 0.25, "round": 1}],
         "server": {"rho": np.array([0.5, 2.0]), "rows": {3: torch.ones(4, dtype=torch.bfloat16)}},
         "flags": (True, None, "x"),
+        "plugin": {
+            "sparse": torch.eye(3).to_sparse(),
+            "quantized": torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8),
+            "count": np.int64(3),
+        },
     }
 
 
@@ -34,7 +39,16 @@ def test_a_torch_save_round_trip_keeps_the_fingerprint(tmp_path):
 
 @pytest.mark.parametrize(
     "change",
-    ["a value", "a dtype", "a shape", "a numpy value", "a float in a list", "a key", "an order"],
+    [
+        "a value",
+        "a dtype",
+        "a shape",
+        "a numpy value",
+        "a float in a list",
+        "a key",
+        "an order",
+        "a sparse value",
+    ],
 )
 def test_every_kind_of_change_changes_the_fingerprint(change):
     obj = checkpoint_like()
@@ -52,6 +66,8 @@ def test_every_kind_of_change_changes_the_fingerprint(change):
         obj["curve"][0]["audio"] = 0.25000000000000006
     elif change == "a key":
         obj["server"]["rows"] = {4: obj["server"]["rows"][3]}
+    elif change == "a sparse value":
+        obj["plugin"]["sparse"] = (2 * torch.eye(3)).to_sparse()
     else:
         obj["state"] = {"b": obj["state"]["b"], "w": obj["state"]["w"]}
     assert fingerprint(obj) != before

@@ -88,7 +88,16 @@ def _feed(digest: Any, value: Any) -> None:
         digest.update(f"{tag}:{size};".encode())
         digest.update(data)
 
-    if isinstance(value, torch.Tensor):
+    if isinstance(value, torch.Tensor) and value.is_quantized:  # its integers and what they mean
+        put(f"Q{value.dtype}{tuple(value.shape)}")
+        _feed(digest, value.detach().int_repr())
+        _feed(digest, value.detach().dequantize())
+    elif isinstance(value, torch.Tensor) and value.layout != torch.strided:  # sparse: canonical
+        t = value.detach().cpu().to_sparse_coo().coalesce()
+        put(f"C{value.layout}{t.dtype}{tuple(t.shape)}")
+        _feed(digest, t.indices())
+        _feed(digest, t.values())
+    elif isinstance(value, torch.Tensor):
         t = value.detach()
         put(f"T{t.dtype}{tuple(t.shape)}")
         if t.numel():
@@ -111,5 +120,5 @@ def _feed(digest: Any, value: Any) -> None:
         put("S", value.encode())
     elif value is None or isinstance(value, bool | int | float):
         put(f"{type(value).__name__}", repr(value).encode())
-    else:  # numpy scalars, generator states and anything a plugin keeps: its pickle
+    else:  # numpy scalars and anything else a plugin keeps: its pickle
         put(f"P{type(value).__qualname__}", pickle.dumps(value, protocol=4))
