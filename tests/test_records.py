@@ -12,6 +12,16 @@ from avfl.records import CHECKSUM_KEY, fingerprint, verify_checksum, with_checks
 from .helpers import flip_a_tensor_byte
 
 
+def shrunk_set() -> set:
+    """{5, 99} in the table of 100 elements it was cut from: iterates as [5, 99], but its
+    pickle rebuilds it in a small table, which iterates as [99, 5]."""
+    ids = set(range(100))
+    for i in range(100):
+        if i not in (5, 99):
+            ids.discard(i)
+    return ids
+
+
 def checkpoint_like() -> dict:
     base = torch.arange(12, dtype=torch.float32)
     return {
@@ -24,6 +34,8 @@ def checkpoint_like() -> dict:
             "sparse": torch.eye(3).to_sparse(),
             "quantized": torch.quantize_per_tensor(torch.ones(3), 0.1, 0, torch.qint8),
             "count": np.int64(3),
+            "ids": shrunk_set(),
+            "big_endian": np.arange(3, dtype=">i4"),  # loads back little-endian
         },
     }
 

@@ -3,6 +3,7 @@ checksums inside saved models and checkpoints, so a file damaged on disk is neve
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -103,10 +104,8 @@ def _feed(digest: Any, value: Any) -> None:
         if t.numel():
             put("", t.cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
     elif isinstance(value, np.ndarray) and value.dtype != object:
-        put(
-            f"N{value.dtype.str}{value.shape}",
-            np.ascontiguousarray(value).reshape(-1).view(np.uint8),
-        )
+        native = np.ascontiguousarray(value, dtype=value.dtype.newbyteorder("="))  # loads so
+        put(f"N{native.dtype.descr}{native.shape}", native.reshape(-1).view(np.uint8))
     elif isinstance(value, dict):
         put(f"D{len(value)}")
         for key, item in value.items():
@@ -116,9 +115,18 @@ def _feed(digest: Any, value: Any) -> None:
         put(f"{type(value).__name__}{len(value)}")
         for item in value:
             _feed(digest, item)
+    elif isinstance(value, set | frozenset):  # pickled order is not kept: sorted digests
+        put(f"{type(value).__name__}{len(value)}")
+        for item in sorted(fingerprint(item) for item in value):
+            put("", item.encode())
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        put(f"A{type(value).__qualname__}")
+        _feed(digest, {f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     elif isinstance(value, str):
         put("S", value.encode())
     elif value is None or isinstance(value, bool | int | float):
         put(f"{type(value).__name__}", repr(value).encode())
-    else:  # numpy scalars and anything else a plugin keeps: its pickle
+    else:  # numpy scalars and anything else a plugin keeps: its pickle. An object that is none
+        # of the above and holds a tensor does not keep its digest through a save and load (a
+        # tensor's pickle names its memory): a plugin's server should keep containers of tensors.
         put(f"P{type(value).__qualname__}", pickle.dumps(value, protocol=4))
