@@ -142,3 +142,22 @@ def test_training_rule_names_are_unique_and_short_enough_for_cluster_group_jobs(
 def test_the_slurm_profile_names_job_scripts_without_the_group_name():
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     assert "{name}" not in profile["jobname"] and "{jobid}" in profile["jobname"]
+
+
+def test_jobs_are_prioritised_by_their_longest_chain():
+    """Snakemake starts the job that heads the longest chain of work first: the references
+    everything waits for, then BMSFed (three times a MultiFL run's cost), then MultiFL (which
+    ModalityMirror waits for) ahead of jobs as costly as it that nothing waits for."""
+    p = plan()
+    by = {}
+    for job in p.jobs:
+        assert 1 <= job.priority <= 100
+        by.setdefault((job.fold, job.method), job)
+    for fold in {job.fold for job in p.jobs}:
+        ref, bms, multi, mm = (
+            by[fold, m] for m in ("centralised", "bmsfed", "multifl", "modalitymirror")
+        )
+        unifl = by[fold, "unifl"]
+        assert ref.priority == 100
+        assert bms.cost == 3 * unifl.cost and multi.cost == unifl.cost == mm.cost
+        assert ref.priority > bms.priority > multi.priority > unifl.priority == mm.priority

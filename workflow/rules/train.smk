@@ -75,6 +75,7 @@ for _job in PLAN.jobs:
             f"results/benchmarks/{_job.dataset}/train/{_job.name}.tsv"
         group:
             "train"
+        priority: _job.priority
         threads: 1
         resources:
             gpu=int(_job.gpu),

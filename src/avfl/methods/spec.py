@@ -66,10 +66,16 @@ class MethodSpec:
     # targets set by the server): its training loss may grow while the model learns, so the
     # health guard does not read growth as failure (a non-finite loss still is).
     objective_drifts: bool = False
+    # A run's time per round relative to MultiFL's, measured (README, rehearsal grid). It only
+    # orders the workflow's jobs (longest chains first, so that few cores are not left with
+    # one long job at the end); it never changes a result.
+    cost: float = 1.0
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
             raise ValueError(f"method name {self.name!r}: use lower-case letters, digits and _")
+        if not self.cost > 0:
+            raise ValueError(f"method {self.name}: cost must be positive, got {self.cost}")
         if self.role not in ROLES:
             raise ValueError(f"method {self.name}: role must be one of {ROLES}")
         names = [s.name for s in self.settings]
@@ -99,6 +105,7 @@ def method(
     role: str = "method",
     cite: str = "",
     objective_drifts: bool = False,
+    cost: float = 1.0,
 ) -> Callable[[Callable[[RunContext], MethodResult]], MethodSpec]:
     """Decorator: the decorated `run(ctx)` becomes the method's MethodSpec."""
 
@@ -107,7 +114,7 @@ def method(
         return MethodSpec(
             name=name, display=display, colour=colour, run=run, uses_rate=uses_rate,
             settings=tuple(settings), consumes=consumes, role=role, cite=cite, summary=summary,
-            module=run.__module__, objective_drifts=objective_drifts,
+            module=run.__module__, objective_drifts=objective_drifts, cost=cost,
         )  # fmt: skip
 
     return wrap
