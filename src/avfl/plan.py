@@ -480,7 +480,7 @@ def _set_priorities(jobs: list[TrainJob]) -> None:
 
     Why: Snakemake starts ready jobs by priority and otherwise in no useful order. On few
     cores it started a fold's BMSFed job (the costliest, 13 min) last and ran it alone for
-    9 minutes with the other core idle (the rehearsal's fold 1 on 2 cores). Only the order
+    8.5 minutes with the other core idle (the rehearsal's fold 1 on 2 cores). Only the order
     changes, never a result; priorities are 1-100, scaled to the grid's longest chain.
     """
     producer = {out: job for job in jobs for run in job.runs for out in (run.metrics, run.model)}
