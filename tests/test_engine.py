@@ -13,7 +13,7 @@ from avfl.fl.server import FedAvgServer
 from avfl.fl.tasks import AudioTask, AVTask
 from avfl.fl.types import Interrupted, Phase, TrainSettings, derive_seed
 from avfl.models.heads import AVModel
-from avfl.records import verify_checksum, with_checksum
+from avfl.records import CHECKSUM_KEY, verify_checksum, with_checksum
 
 from .conftest import quiet
 from .helpers import flip_a_tensor_byte
@@ -134,7 +134,14 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
 
 @pytest.mark.parametrize(
     "damage",
-    ["empty", "cut short", "not a checkpoint", "another format", "a byte flipped in a tensor"],
+    [
+        "empty",
+        "cut short",
+        "not a checkpoint",
+        "another format",
+        "a byte flipped in a tensor",
+        "format 4 without its checksum",
+    ],
 )
 def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_round_0(
     tmp_path, damage
@@ -169,6 +176,9 @@ def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_roun
     elif damage == "a byte flipped in a tensor":
         flip_a_tensor_byte(path)
         assert torch.load(path, weights_only=False)["format"] == 4  # loads without complaint
+    elif damage == "format 4 without its checksum":
+        saved = torch.load(path, weights_only=False)
+        torch.save({k: v for k, v in saved.items() if k != CHECKSUM_KEY}, path)
     else:
         path.write_bytes({"empty": b"", "cut short": good[: len(good) // 2],
                           "not a checkpoint": b"x" * 100}[damage])  # fmt: skip
@@ -184,6 +194,36 @@ def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_roun
     if damage == "a byte flipped in a tensor":
         assert "do not match their checksum" in line
     assert path.with_name("p.ckpt.unreadable").exists()
+
+
+def test_a_checkpoint_of_the_version_before_checksums_resumes(tmp_path):
+    """A job interrupted before an upgrade resumes after it: a format-3 checkpoint (format 4
+    less the checksum) is read unchecked, as its version read it, and the run ends as if never
+    interrupted."""
+    data = make_data(n_clients=4)
+    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=6, clients_per_round=2,
+                  select_by="audio")  # fmt: skip
+    cfg = settings(checkpoint_every=2)
+    logged: list[str] = []
+
+    def go(folder: str, stop_after=None):
+        model = fresh_model()
+        (tmp_path / folder).mkdir(exist_ok=True)
+        return run_phase(phase, model, initial(model), data, cfg, 3, checkpoint_dir=tmp_path / folder,
+                         log=logged.append, stop_after=stop_after)  # fmt: skip
+
+    whole = go("whole")
+    with pytest.raises(Interrupted):
+        go("killed", stop_after=4)
+    path = tmp_path / "killed" / "p.ckpt"
+    saved = torch.load(path, weights_only=False)
+    old = {k: v for k, v in saved.items() if k != CHECKSUM_KEY}
+    torch.save({**old, "format": 3}, path)
+    resumed = go("killed")
+    assert resumed.resumed_from == 4 and resumed.dev_curve == whole.dev_curve
+    for name in whole.state:
+        assert torch.equal(whole.state[name], resumed.state[name]), name
+    assert not [m for m in logged if "cannot resume" in m]
 
 
 def test_a_checkpoint_is_not_set_aside_for_what_says_nothing_about_the_file(tmp_path, monkeypatch):

@@ -3,6 +3,8 @@ dtype, shape or structure changes them, and a torch.save round trip does not."""
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 import pytest
 import torch
@@ -22,6 +24,28 @@ def shrunk_set() -> set:
     return ids
 
 
+class RowStore:
+    """A plugin server's state as plugin authors write it: an object holding tensors (its
+    pickle names the tensors' memory, which changes through a save and load)."""
+
+    def __init__(self) -> None:
+        self.rows = torch.arange(6.0).reshape(2, 3)
+        self.seen = {7: torch.ones(2)}
+        self.owner = self  # a cycle
+
+
+class Slotted:
+    __slots__ = ("kind", "weights")
+
+    def __init__(self) -> None:
+        self.weights, self.kind = torch.full((2,), 0.5), Mode.SOFT
+
+
+class Mode(enum.Enum):
+    SOFT = "soft"
+    HARD = "hard"
+
+
 def checkpoint_like() -> dict:
     base = torch.arange(12, dtype=torch.float32)
     return {
@@ -36,6 +60,9 @@ def checkpoint_like() -> dict:
             "count": np.int64(3),
             "ids": shrunk_set(),
             "big_endian": np.arange(3, dtype=">i4"),  # loads back little-endian
+            "store": RowStore(),
+            "slotted": Slotted(),
+            "meta": (torch.float16, torch.device("cpu"), np.dtype("f4"), b"raw", slice(1, 4)),
         },
     }
 
@@ -60,6 +87,8 @@ def test_a_torch_save_round_trip_keeps_the_fingerprint(tmp_path):
         "a key",
         "an order",
         "a sparse value",
+        "a tensor in a plugin's object",
+        "a plugin's slotted object",
     ],
 )
 def test_every_kind_of_change_changes_the_fingerprint(change):
@@ -80,6 +109,10 @@ def test_every_kind_of_change_changes_the_fingerprint(change):
         obj["server"]["rows"] = {4: obj["server"]["rows"][3]}
     elif change == "a sparse value":
         obj["plugin"]["sparse"] = (2 * torch.eye(3)).to_sparse()
+    elif change == "a tensor in a plugin's object":
+        obj["plugin"]["store"].seen[7][1] = 2.0
+    elif change == "a plugin's slotted object":
+        obj["plugin"]["slotted"].kind = Mode.HARD
     else:
         obj["state"] = {"b": obj["state"]["b"], "w": obj["state"]["w"]}
     assert fingerprint(obj) != before

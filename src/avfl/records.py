@@ -8,7 +8,8 @@ import hashlib
 import json
 import os
 import pickle
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ CHECKSUM_KEY = "sha256"
 
 def fingerprint(obj: Any) -> str:
     """SHA-256 of a saved object's contents: every tensor's and array's dtype, shape and bytes
-    and every other value, dicts in their (pickled, so kept) insertion order.
+    and every other value, dicts in their (pickled, so kept) insertion order, other objects
+    by what pickle saves of them (their `__reduce_ex__`), the tensors inside included.
 
     Why: torch.load does not check the archive's CRC-32 (runtime.py), so a byte flipped
     inside a tensor of a checkpoint or a model file loads silently and a resumed run, or a
@@ -79,8 +81,9 @@ def verify_checksum(saved: dict[str, Any], required: bool = True) -> dict[str, A
     return rest
 
 
-def _feed(digest: Any, value: Any) -> None:
-    """Length-prefixed and typed, so that no two different contents feed the same bytes."""
+def _feed(digest: Any, value: Any, active: frozenset[int] = frozenset()) -> None:
+    """Length-prefixed and typed, so that no two different contents feed the same bytes.
+    `active`: the ids of the objects being fed above this one (a cycle is fed as a mark)."""
     import numpy as np
     import torch
 
@@ -89,15 +92,18 @@ def _feed(digest: Any, value: Any) -> None:
         digest.update(f"{tag}:{size};".encode())
         digest.update(data)
 
+    def feed(item: Any) -> None:
+        _feed(digest, item, active)
+
     if isinstance(value, torch.Tensor) and value.is_quantized:  # its integers and what they mean
         put(f"Q{value.dtype}{tuple(value.shape)}")
-        _feed(digest, value.detach().int_repr())
-        _feed(digest, value.detach().dequantize())
+        feed(value.detach().int_repr())
+        feed(value.detach().dequantize())
     elif isinstance(value, torch.Tensor) and value.layout != torch.strided:  # sparse: canonical
         t = value.detach().cpu().to_sparse_coo().coalesce()
         put(f"C{value.layout}{t.dtype}{tuple(t.shape)}")
-        _feed(digest, t.indices())
-        _feed(digest, t.values())
+        feed(t.indices())
+        feed(t.values())
     elif isinstance(value, torch.Tensor):
         t = value.detach()
         put(f"T{t.dtype}{tuple(t.shape)}")
@@ -109,24 +115,47 @@ def _feed(digest: Any, value: Any) -> None:
     elif isinstance(value, dict):
         put(f"D{len(value)}")
         for key, item in value.items():
-            _feed(digest, key)
-            _feed(digest, item)
+            feed(key)
+            feed(item)
     elif isinstance(value, list | tuple):
         put(f"{type(value).__name__}{len(value)}")
         for item in value:
-            _feed(digest, item)
+            feed(item)
     elif isinstance(value, set | frozenset):  # pickled order is not kept: sorted digests
         put(f"{type(value).__name__}{len(value)}")
         for item in sorted(fingerprint(item) for item in value):
             put("", item.encode())
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         put(f"A{type(value).__qualname__}")
-        _feed(digest, {f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
+        feed({f.name: getattr(value, f.name) for f in dataclasses.fields(value)})
     elif isinstance(value, str):
         put("S", value.encode())
+    elif isinstance(value, bytes | bytearray):
+        put(f"B{type(value).__name__}", bytes(value))
     elif value is None or isinstance(value, bool | int | float):
         put(f"{type(value).__name__}", repr(value).encode())
-    else:  # numpy scalars and anything else a plugin keeps: its pickle. An object that is none
-        # of the above and holds a tensor does not keep its digest through a save and load (a
-        # tensor's pickle names its memory): a plugin's server should keep containers of tensors.
+    elif isinstance(value, type | types.FunctionType | types.BuiltinFunctionType):  # by name
+        put("G", f"{value.__module__}.{value.__qualname__}".encode())
+    else:  # anything else a plugin keeps (numpy scalars, its own classes): what pickle would
+        # save of it, `__reduce_ex__`, fed part by part, so that the tensors it holds are fed
+        # by their contents (a tensor's pickle names its memory and changes through a save
+        # and load: hashing the pickle would set such a checkpoint aside on every resume)
+        _feed_reduced(digest, value, active, put)
+
+
+def _feed_reduced(digest: Any, value: Any, active: frozenset[int], put: Callable) -> None:
+    if id(value) in active:
+        put(f"cycle{type(value).__qualname__}")
+        return
+    try:
+        reduced = value.__reduce_ex__(4)
+    except Exception:  # what pickle cannot reduce either: its own way, or its error
         put(f"P{type(value).__qualname__}", pickle.dumps(value, protocol=4))
+        return
+    if isinstance(reduced, str):  # a module-level singleton (torch.float32, an enum member)
+        put(f"G{type(value).__module__}.{type(value).__qualname__}", reduced.encode())
+        return
+    parts = [list(p) if isinstance(p, Iterator) else p for p in reduced]  # list/dict items
+    put(f"R{type(value).__module__}.{type(value).__qualname__}{len(parts)}")
+    for part in parts:
+        _feed(digest, part, active | {id(value)})

@@ -43,6 +43,10 @@ from avfl.fl.types import (
 from avfl.records import save_torch, verify_checksum, with_checksum
 
 CHECKPOINT_FORMAT = 4  # 3: BMSFed's server keeps its rows' norms; 4: a checksum (records.py)
+# Formats this version resumes from, each with whether its checksum is required. Format 3 is
+# format 4 less the checksum: a job interrupted before an upgrade resumes after it, read
+# unchecked as the version that wrote it read it, instead of training from round 0.
+RESUMABLE_FORMATS = {3: False, CHECKPOINT_FORMAT: True}
 clock = time.monotonic  # when checkpoints are due (checkpoint_interval_s); tests replace it
 
 
@@ -98,7 +102,8 @@ def _load_checkpoint(
 ) -> dict[str, Any] | None:
     """The checkpoint at `path`, or None when it cannot be resumed from.
 
-    A checkpoint only saves time: one that is unreadable or of another format is moved aside
+    A checkpoint only saves time: one that is unreadable or of a format this version cannot
+    resume from (RESUMABLE_FORMATS) is moved aside
     (`<name>.unreadable`, removed with the run's checkpoints when its job succeeds) and the
     phase starts again from round 0, instead of failing every retry of the job until someone
     deletes the file. That includes a file damaged inside a tensor's bytes, which torch.load
@@ -107,10 +112,11 @@ def _load_checkpoint(
     """
     try:
         saved = torch.load(path, map_location="cpu", weights_only=False)
-        if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"format {saved.get('format') if isinstance(saved, dict) else None}, "
-                             f"this version reads format {CHECKPOINT_FORMAT}")  # fmt: skip
-        saved = verify_checksum(saved)
+        found = saved.get("format") if isinstance(saved, dict) else None
+        if found not in RESUMABLE_FORMATS:
+            raise ValueError(f"format {found}, this version resumes from formats "
+                             f"{sorted(RESUMABLE_FORMATS)}")  # fmt: skip
+        saved = verify_checksum(saved, required=RESUMABLE_FORMATS[found])
         if rounds is not None and saved["server"] is None and saved["round"] < rounds:
             raise ValueError(f"round {saved['round']} of {rounds} without the server's state")
     except UNREADABLE as error:
