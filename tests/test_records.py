@@ -63,6 +63,8 @@ def checkpoint_like() -> dict:
             "store": RowStore(),
             "slotted": Slotted(),
             "meta": (torch.float16, torch.device("cpu"), np.dtype("f4"), b"raw", slice(1, 4)),
+            "module": torch.nn.Linear(3, 2),
+            "generators": (torch.Generator().manual_seed(3), np.random.default_rng(1)),
         },
     }
 
@@ -89,6 +91,8 @@ def test_a_torch_save_round_trip_keeps_the_fingerprint(tmp_path):
         "a sparse value",
         "a tensor in a plugin's object",
         "a plugin's slotted object",
+        "a module's weight",
+        "a generator's state",
     ],
 )
 def test_every_kind_of_change_changes_the_fingerprint(change):
@@ -113,6 +117,11 @@ def test_every_kind_of_change_changes_the_fingerprint(change):
         obj["plugin"]["store"].seen[7][1] = 2.0
     elif change == "a plugin's slotted object":
         obj["plugin"]["slotted"].kind = Mode.HARD
+    elif change == "a module's weight":
+        with torch.no_grad():
+            obj["plugin"]["module"].weight[0, 0] += 1
+    elif change == "a generator's state":
+        obj["plugin"]["generators"][1].random()
     else:
         obj["state"] = {"b": obj["state"]["b"], "w": obj["state"]["w"]}
     assert fingerprint(obj) != before
