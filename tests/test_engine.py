@@ -132,6 +132,14 @@ def test_interrupted_phase_resumes_to_the_same_result(tmp_path):
         assert torch.equal(whole.state[name], resumed.state[name]), name
 
 
+def checkpointed_audio_phase() -> tuple[FederatedData, Phase, TrainSettings]:
+    """What the checkpoint tests interrupt: 4 clients, 6 rounds of 2, a checkpoint every 2."""
+    data = make_data(n_clients=4)
+    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=6, clients_per_round=2,
+                  select_by="audio")  # fmt: skip
+    return data, phase, settings(checkpoint_every=2)
+
+
 @pytest.mark.parametrize(
     "damage",
     [
@@ -150,10 +158,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_roun
     fault, a partial copy, another version's file, a flipped bit that torch.load reads
     silently and only the checkpoint's checksum catches). That run trains from round 0 and the
     other resumes; both end as if never interrupted, and the log names the damaged file."""
-    data = make_data(n_clients=4)
-    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=6, clients_per_round=2,
-                  select_by="audio")  # fmt: skip
-    cfg = settings(checkpoint_every=2)
+    data, phase, cfg = checkpointed_audio_phase()
     logged: list[str] = []
 
     def go(folder: str, stop_after=None):
@@ -200,10 +205,7 @@ def test_a_checkpoint_of_the_version_before_checksums_resumes(tmp_path):
     """A job interrupted before an upgrade resumes after it: a format-3 checkpoint (format 4
     less the checksum) is read unchecked, as its version read it, and the run ends as if never
     interrupted."""
-    data = make_data(n_clients=4)
-    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=6, clients_per_round=2,
-                  select_by="audio")  # fmt: skip
-    cfg = settings(checkpoint_every=2)
+    data, phase, cfg = checkpointed_audio_phase()
     logged: list[str] = []
 
     def go(folder: str, stop_after=None):
