@@ -152,7 +152,7 @@ def _feed_reduced(digest: Any, value: Any, active: frozenset[int], put: Callable
     except Exception:  # what pickle cannot reduce either: its own way, or its error
         put(f"P{type(value).__qualname__}", pickle.dumps(value, protocol=4))
         return
-    if isinstance(reduced, str):  # a module-level singleton (torch.float32, an enum member)
+    if isinstance(reduced, str):  # a singleton that pickle saves by name (torch.float32)
         put(f"G{type(value).__module__}.{type(value).__qualname__}", reduced.encode())
         return
     parts = [list(p) if isinstance(p, Iterator) else p for p in reduced]  # list/dict items
