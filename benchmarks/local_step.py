@@ -6,13 +6,21 @@ Rows of the rehearsal's model (768-d audio, 512-d visual, hidden 128, 51 classes
 count trains `train_rows` a few times and keeps the best. Both paths run the same function
 and the same optimizer; only the step differs.
 
-    python benchmarks/local_step.py [--rows 1 16 64 128] [--threads 1]
+`--groups G ...` also trains the written-out rows in groups of G rows, one `train_rows` call
+per group, as a job would if it split a step's rows into cache-sized groups: a group of 4
+audio-visual rows holds about 16 MB of parameters, gradients and Adam moments, half the
+machine's 32 MB L3, where 90 rows hold 360 MB. It prints the time per (row, step) and
+whether every row's trained state and loss equal those of all rows at once (they must: a
+row's numbers do not depend on its company, fl/local.py).
+
+    python benchmarks/local_step.py [--rows 1 16 64 128] [--threads 1] [--groups 16 4 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 
 
 def main() -> None:
@@ -20,6 +28,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64, 128])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--groups", type=int, nargs="*", default=[],
+                        help="also train the written-out rows in groups of this many rows")  # fmt: skip
     args = parser.parse_args()
 
     import torch
@@ -43,24 +53,48 @@ def main() -> None:
                         weight_decay=0.0, eval_every=5, selection="best_dev", checkpoint_every=10)  # fmt: skip
     supports = stacked.supports
     print(f"ms per (row, step), {args.threads} thread(s), best of {args.repeats}")
-    print(f"{'task':<6} {'rows':>5} {'autograd (vmap)':>16} {'written out':>12} {'ratio':>6}")
+    groups_head = "".join(f" {'groups of ' + str(g):>13}" for g in args.groups)
+    print(f"{'task':<6} {'rows':>5} {'autograd (vmap)':>16} {'written out':>12} {'ratio':>6}"
+          + groups_head)  # fmt: skip
+
+    def best_time(train) -> tuple[float, list]:
+        best, results = float("inf"), []
+        for _ in range(args.repeats + 1):  # the first call warms up
+            start = time.perf_counter()
+            results = train()
+            best = min(best, time.perf_counter() - start)
+        return best, results
+
+    def in_groups(task, rows, indices, size):
+        """Rows 0..rows-1 in `train_rows` calls of `size` rows (size = rows: one call)."""
+        results = []
+        for first in range(0, rows, size):
+            chosen = range(first, min(first + size, rows))
+            results += local.train_rows(model, task, [state] * len(chosen),
+                                        [indices[i] for i in chosen], list(chosen), data, cfg)  # fmt: skip
+        return results
+
     for name, task in (("audio", AudioTask()), ("av", AVTask())):
         for rows in args.rows:
             indices = [torch.randint(0, n, (48,)) for _ in range(rows)]
-            timings = {}
+            timings, together = {}, []
             for path in ("vmap", "stacked"):
                 local.stacked.supports = supports if path == "stacked" else (lambda m: False)
-                best = float("inf")
-                for _ in range(args.repeats + 1):  # the first call warms up
-                    start = time.perf_counter()
-                    local.train_rows(
-                        model, task, [state] * rows, indices, list(range(rows)), data, cfg
-                    )
-                    best = min(best, time.perf_counter() - start)
+                best, together = best_time(partial(in_groups, task, rows, indices, rows))
                 timings[path] = best / rows / 3 * 1000
             local.stacked.supports = supports
+            grouped = ""
+            for size in args.groups:
+                best, results = best_time(partial(in_groups, task, rows, indices, size))
+                same = all(
+                    a.loss == b.loss and all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+                    for a, b in zip(together, results, strict=True)
+                )
+                grouped += f" {best / rows / 3 * 1000:>12.2f}{'' if same else '!'}"
             print(f"{name:<6} {rows:>5} {timings['vmap']:>16.2f} {timings['stacked']:>12.2f} "
-                  f"{timings['vmap'] / timings['stacked']:>5.2f}x")  # fmt: skip
+                  f"{timings['vmap'] / timings['stacked']:>5.2f}x" + grouped)  # fmt: skip
+    if args.groups:
+        print("(! after a figure: some row's state or loss differs from all rows at once)")
 
 
 if __name__ == "__main__":
