@@ -52,3 +52,40 @@ def test_untrained_parameters_and_integer_buffers_keep_their_global_value():
     assert new["audio_head.w"].item() == 5.0
     assert new["visual_backbone.bn.num_batches_tracked"].item() == 3
     assert new["audio_head.w"] is not global_state["audio_head.w"]  # a copy, not an alias
+
+
+def _per_tensor_reference(state, updates):
+    """FedAvg one kernel per (tensor, update), as it was written before the multi-tensor ops."""
+    carried = {}
+    for u in updates:
+        for name, value in u.state.items():
+            if value.is_floating_point():
+                carried.setdefault(name, []).append((value, u.weight))
+    out = {}
+    for name, value in state.items():
+        if name not in carried:
+            out[name] = value.clone()
+            continue
+        total = torch.zeros(value.shape, dtype=torch.float64)
+        for v, w in carried[name]:
+            total.add_(v, alpha=w)
+        out[name] = total.div_(sum(w for _, w in carried[name])).to(value.dtype)
+    return out
+
+
+def test_multi_tensor_fedavg_is_bit_identical_to_the_per_tensor_arithmetic():
+    g = torch.Generator().manual_seed(0)
+    shapes = {"audio_encoder.1.weight": (33, 70), "audio_encoder.1.bias": (33,), "audio_head.weight": (7, 33),
+              "visual_encoder.1.weight": (33, 65), "fusion_head.0.weight": (17, 66), "scalar": ()}  # fmt: skip
+    state = {n: torch.randn(s, generator=g) for n, s in shapes.items()}
+    state["counter"] = torch.tensor(4)
+    updates = []
+    for client in range(9):
+        names = [n for n in shapes if client % 3 or not n.startswith(("visual", "fusion"))]
+        values = {n: torch.randn(shapes[n], generator=g) * 10 ** (client - 4) for n in names}
+        updates.append(ClientUpdate(client, AudioTask(), values, float(1 + 7 * client % 5)))
+    new, reference = weighted_average(state, updates), _per_tensor_reference(state, updates)
+    assert list(new) == list(state)
+    for name in state:
+        assert new[name].dtype == state[name].dtype
+        assert torch.equal(new[name], reference[name]), name

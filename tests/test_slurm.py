@@ -8,6 +8,8 @@ training job is reported as failed and a rerun resumes it from its checkpoint.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -15,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import REPO
-from .helpers import snakemake, tiny_workflow_config
+from .conftest import REPO, VENV_BIN
+from .helpers import BUILTIN_METHODS, snakemake, tiny_workflow_config
 
 pytestmark = pytest.mark.slow
 
@@ -32,10 +34,17 @@ def slurm_args(tmp_path: Path) -> list[str]:
             "--slurm-init-seconds-before-status-checks", "2", "--max-threads", "2", "--jobs", "4"]  # fmt: skip
 
 
-def gpu_config(path: Path, rounds: int = 3, seeds=(0, 1)) -> Path:
+def gpu_config(path: Path, rounds: int = 3, seeds=(0, 1), methods=("multifl", "harmony", "modalitymirror"),
+               rates=(0.5,)) -> Path:  # fmt: skip
     """Frozen small CNNs: backbones with parameters, so the embed and train jobs ask for a GPU."""
     config = tiny_workflow_config(
-        path, seeds=seeds, experiment={"methods": ["multifl", "harmony", "modalitymirror"]}
+        path,
+        seeds=seeds,
+        experiment={
+            "methods": list(methods),
+            "table1_rates": list(rates),
+            "figure2_rate": rates[0],
+        },
     )
     data = yaml.safe_load(config.read_text())
     data["datasets"]["tiny"]["folds"] = [1]
@@ -47,30 +56,58 @@ def gpu_config(path: Path, rounds: int = 3, seeds=(0, 1)) -> Path:
     return config
 
 
-def test_the_dag_runs_through_the_profile_as_sbatch_jobs(slurm_cluster, tmp_path):
-    config = gpu_config(tmp_path / "c.yaml")
-    run = snakemake(tmp_path / "slurm", "all", "--configfile", str(config), *slurm_args(tmp_path),
-                    env=slurm_cluster.client_env(), timeout=1200)  # fmt: skip
+# The cluster's GPUs are device files that are not GPUs: GPU jobs compute on the CPU there, and
+# say so (avfl/device.py), instead of failing as they would on a real machine without a GPU.
+STAND_IN = {"AVFL_STAND_IN_GPUS": "1"}
+
+
+def gpus_asked(cluster) -> dict[str, int]:
+    """Every job the cluster has seen: its id -> the GPUs it asked for (gres:gpu:N)."""
+    rows = cluster.run("squeue", "-h", "-t", "all", "-O", "JobID:12,tres-per-job:40").stdout
+    asked = {}
+    for line in rows.splitlines():
+        job, _, tres = line.strip().partition(" ")
+        found = re.search(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)", tres)
+        asked[job] = int(found.group(1)) if found else 0
+    return asked
+
+
+def test_a_paper_shaped_dag_runs_through_the_profile_with_one_gpu_per_job(slurm_cluster, tmp_path):
+    """Every built-in method at several rates, GPU-asking backbones, the shipped profile as the
+    README runs it (no --cores): no submitted job asks for more than one GPU (a group job would
+    ask for the sum of its side-by-side training jobs': 7 here, more than the partition's 2),
+    every GPU job is its own SLURM job, and the table equals a local run's."""
+    config = gpu_config(
+        tmp_path / "c.yaml", rounds=2, seeds=(0,), methods=BUILTIN_METHODS, rates=(0.3, 0.7)
+    )
+    before = set(gpus_asked(slurm_cluster))
+    env = {**slurm_cluster.client_env(), **STAND_IN}
+    work = tmp_path / "slurm"
+    run = subprocess.run(
+        [f"{VENV_BIN}/snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+         "all", "--configfile", str(config), *slurm_args(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=1800,
+    )  # fmt: skip
+    asked = {j: n for j, n in gpus_asked(slurm_cluster).items() if j not in before}
+    assert max(asked.values()) == 1, asked  # never a job asking for several GPUs
     assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
     records = [
-        json.loads(p.read_text())
-        for p in (tmp_path / "slurm/results/tiny/runs").rglob("metrics.json")
+        json.loads(p.read_text()) for p in (work / "results/tiny/runs").rglob("metrics.json")
     ]
-    assert records and all(r["slurm_job_id"] for r in records)  # every training job was a SLURM job
-    # Every run trained on one of the node's two GPUs, taken from its SLURM job's allocation
-    # (gres) through a GPU slot (avfl/gpu.py). Which one depends on timing: a group job's
-    # training processes take distinct GPUs only while they overlap, and the two seeds' group
-    # jobs (2 CPUs each, on a 2-CPU node) run one after the other. Concurrent jobs getting
-    # distinct GPUs is tested deterministically in test_gpu.py.
-    devices = {r["cuda_visible_devices"] for r in records}
-    assert devices and devices <= {"0", "1"}, devices
-    assert len({r["slurm_job_id"] for r in records}) == 2  # one group job per seed
-    accounting = slurm_cluster.run("squeue", "-h", "-t", "all", "-o", "%j").stdout
-    assert accounting.count("\n") >= 10  # generate, extract, partitions, embeds, training, reports
-    local = snakemake(tmp_path / "local", "all", "--configfile", str(config))
+    training_jobs = {r["slurm_job_id"] for r in records}
+    assert (
+        len(records) == 2 * 6 + 1 + 1 and None not in training_jobs
+    )  # 6 rated methods, harmony, reference
+    # Every training job (one per method: a seed's runs share one) and both embed jobs each asked
+    # for its own GPU, and had one of the node's two.
+    assert len(training_jobs) == len(BUILTIN_METHODS) + 1
+    assert sum(asked.values()) == len(training_jobs) + 2
+    assert all(asked[j] == 1 for j in training_jobs)
+    assert {r["cuda_visible_devices"] for r in records} <= {"0", "1"}
+    local = snakemake(tmp_path / "local", "all", "--configfile", str(config), env=STAND_IN)
     assert local.returncode == 0, local.stderr[-3000:]
     table = "results/report/tiny/table1.csv"
-    assert (tmp_path / "slurm" / table).read_text() == (tmp_path / "local" / table).read_text()
+    assert (work / table).read_text() == (tmp_path / "local" / table).read_text()
 
 
 def test_a_cancelled_training_job_fails_the_run_and_a_rerun_resumes_it(slurm_cluster, tmp_path):
@@ -94,7 +131,7 @@ def test_a_cancelled_training_job_fails_the_run_and_a_rerun_resumes_it(slurm_clu
         "2",
         *args,
     ]
-    env = {**__import__("os").environ, **slurm_cluster.client_env()}
+    env = {**os.environ, **slurm_cluster.client_env(), **STAND_IN}
     running = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
     )
@@ -113,7 +150,7 @@ def test_a_cancelled_training_job_fails_the_run_and_a_rerun_resumes_it(slurm_clu
     slurm_cluster.run("scancel", job)
     output, _ = running.communicate(timeout=600)
     assert running.returncode != 0 and "did not complete successfully" in output, output[-3000:]
-    rerun = snakemake(work, *args, env=slurm_cluster.client_env(), timeout=1200)
+    rerun = snakemake(work, *args, env={**slurm_cluster.client_env(), **STAND_IN}, timeout=1200)
     assert rerun.returncode == 0, (rerun.stdout + rerun.stderr)[-4000:]
     record = json.loads(
         (work / "results/tiny/runs/default/fold1/harmony/seed0/metrics.json").read_text()

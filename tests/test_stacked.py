@@ -18,6 +18,8 @@ from avfl.methods.fedprox import Proximal
 from avfl.models.dropout import noise_pool, pool_size
 from avfl.models.heads import AVModel, WithTeacher, group_of
 
+from .devices import DEVICES
+
 ROWS, BATCH, AUDIO, VISUAL, CLASSES, HIDDEN = 3, 6, 20, 12, 7, 16
 SETTINGS = TrainSettings(local_epochs=1, batch_size=BATCH, lr=1e-3, optimizer="adam", weight_decay=0.0,
                          eval_every=1, selection="best_dev", checkpoint_every=1)  # fmt: skip
@@ -63,11 +65,12 @@ TASKS = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(TASKS))
-def test_written_out_loss_and_gradients_equal_autograd_of_sample_loss(name):
+def test_written_out_loss_and_gradients_equal_autograd_of_sample_loss(name, device):
     task = TASKS[name]
     torch.manual_seed(0)
-    model = model_for(task).double()
+    model = model_for(task).double().to(device)
     assert stacked.supports(model)
     model.train()
     noise = pool_size(model, BATCH)
@@ -77,16 +80,19 @@ def test_written_out_loss_and_gradients_equal_autograd_of_sample_loss(name):
     # Every row its own tensors: the start state plus noise, so rows differ.
     per_row = [{n: state[n] + 0.1 * torch.randn_like(state[n]) for n in names} for _ in range(ROWS)]
     start = [{n: state[n].clone() for n in trained} for _ in range(ROWS)]
-    audio = torch.randn(ROWS, BATCH, AUDIO, dtype=torch.float64) * 3 + 1
-    visual = torch.randn(ROWS, BATCH, VISUAL, dtype=torch.float64).abs()
-    labels = torch.randint(0, CLASSES, (ROWS, BATCH))
+    audio = (torch.randn(ROWS, BATCH, AUDIO, dtype=torch.float64) * 3 + 1).to(device)
+    visual = torch.randn(ROWS, BATCH, VISUAL, dtype=torch.float64).abs().to(device)
+    labels = torch.randint(0, CLASSES, (ROWS, BATCH)).to(device)
     real = torch.ones(ROWS, BATCH, dtype=torch.float64)
     real[1, 4:] = 0  # padding
     real[2, 1:] = 0
-    pools = torch.rand(ROWS, noise, dtype=torch.float64)
+    real = real.to(device)
+    pools = torch.rand(ROWS, noise, dtype=torch.float64).to(device)
     values = {"audio_weight": torch.tensor([0.0, 0.4, 1.0]),
               "visual_weight": torch.tensor([0.9, 0.0, 0.3])}  # fmt: skip
-    values = {k: v.double() for k, v in values.items()} if hasattr(task, "row_values") else {}
+    values = (
+        {k: v.double().to(device) for k, v in values.items()} if hasattr(task, "row_values") else {}
+    )
 
     expected_loss, expected_grads = [], []
     for i in range(ROWS):

@@ -106,12 +106,12 @@ def test_a_failing_run_fails_the_job_but_finished_runs_are_kept_for_the_rerun(
     assert record["test"] == kept["test"]
 
 
-def _cli(job) -> list[str]:
+def _cli(job, gpu: bool = False) -> list[str]:
     from dataclasses import asdict
 
     spec = {
         "dataset": job.dataset, "fold": job.fold, "method": job.method, "settings": job.settings,
-        "features": str(job.features), "config_hash": job.config_hash,
+        "features": str(job.features), "config_hash": job.config_hash, "gpu": gpu,
         "embeddings": {"audio": str(job.embeddings[0]), "visual": str(job.embeddings[1])},
         "runs": [{**{k: (str(v) if k in ("out", "partition") else v) for k, v in asdict(r).items() if k != "reference"},
                   "consumes": {m: str(p) for m, p in r.consumes.items()}} for r in job.runs],
@@ -202,15 +202,26 @@ def test_cli_keeps_the_traceback_of_a_bug(tiny_training, tmp_path):
     assert done.returncode == 1 and "Traceback" in done.stderr
 
 
-def test_auto_device_warns_when_no_gpu(tiny_training, tmp_path, recwarn):
+def test_auto_device_trains_on_the_cpu_only_where_the_job_asked_for_no_gpu(tiny_training, tmp_path):
+    """device auto: a job that asked for no GPU (parameter-free backbones) uses the CPU and says
+    so; one that asked for a GPU and has none fails before training, naming the fix."""
     if torch.cuda.is_available():
         pytest.skip("a GPU is visible")
-    (record,) = run_job(
-        tiny_job(tiny_training, tmp_path, "harmony", federated={"device": "auto", "rounds": 2}),
-        log=quiet,
+    messages: list[str] = []
+    job = tiny_job(tiny_training, tmp_path, "harmony", federated={"device": "auto", "rounds": 2})
+    (record,) = run_job(job, log=messages.append)
+    assert record["device"].startswith("cpu") and record["compute"]["type"] == "cpu"
+    assert (
+        record["compute"]["precision"]["float32"] == "ieee" and record["peak_gpu_memory_mb"] is None
     )
-    assert record["device"].startswith("cpu")
-    assert any("no CUDA device visible" in str(w.message) for w in recwarn)
+    assert any("asked for no GPU" in m for m in messages)
+    asking = tiny_job(
+        tiny_training, tmp_path / "gpu", "harmony", federated={"device": "auto", "rounds": 2}
+    )
+    asking = type(job)(**{**asking.__dict__, "gpu": True})
+    with pytest.raises(UserError, match=r"asked for a GPU.*federated.device: cpu"):
+        run_job(asking, log=quiet)
+    assert not list((tmp_path / "gpu").rglob("metrics.json"))
 
 
 def test_config_hash_changes_with_the_settings_and_a_rerun_never_resumes_other_settings(

@@ -101,7 +101,7 @@ def cmd_embed(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from avfl.gpu import slot_for
+    from avfl.device import job_device
     from avfl.runtime import configure_training_process
     from avfl.train import Job, run_job
 
@@ -109,10 +109,8 @@ def cmd_train(args) -> None:
     job = Job.from_json(
         args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text()
     )
-    with slot_for(job.settings["federated"]["device"]) as gpu:
-        if gpu is not None:
-            _log(f"GPU slot: CUDA_VISIBLE_DEVICES={gpu}")
-        records = run_job(job, log=_log, threads=args.threads)
+    with job_device(job.settings["federated"]["device"], job.gpu, _log) as device:
+        records = run_job(job, log=_log, threads=args.threads, device=device)
     for record in records:
         test = record["test"]
         print(
@@ -177,6 +175,14 @@ def cmd_validate(args) -> None:
     from avfl.config import load_config
 
     print(json.dumps(load_config(args.configfile), indent=2, sort_keys=True))
+
+
+def cmd_doctor(args) -> int:
+    from avfl.device import doctor_report
+
+    text, ok = doctor_report()
+    print(text, end="")
+    return 0 if ok or not args.require_gpu else 1
 
 
 def cmd_methods(args) -> None:
@@ -322,6 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("validate", cmd_validate, "validate (and complete with defaults) config files")
     p.add_argument("configfile", nargs="+")
+
+    p = command(
+        "doctor",
+        cmd_doctor,
+        "what a GPU job would find here: torch build, driver, GPUs, slots, SLURM",
+    )
+    p.add_argument("--require-gpu", action="store_true",
+                   help="exit 1 when GPU jobs could not run here")  # fmt: skip
 
     command(
         "methods",

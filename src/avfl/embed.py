@@ -17,7 +17,7 @@ import torch
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def compute_embeddings(
     features: Path,
     modality: str,
@@ -39,8 +39,10 @@ def compute_embeddings(
         inputs = np.load(features / "frames.npy", mmap_mode="r")
     backbone = backbone.to(device).eval()
     out = np.empty((inputs.shape[0], backbone.out_dim), dtype=np.float32)
+    pin = device.type == "cuda"
     for start in range(0, inputs.shape[0], batch):
-        chunk = torch.from_numpy(np.array(inputs[start : start + batch])).to(device)
+        chunk = torch.from_numpy(np.array(inputs[start : start + batch]))
+        chunk = (chunk.pin_memory() if pin else chunk).to(device, non_blocking=pin)
         out[start : start + len(chunk)] = backbone(chunk).float().cpu().numpy()
     return out
 
@@ -49,16 +51,22 @@ def write_embeddings(
     features: str | Path, modality: str, fold: int | None, settings: Mapping[str, Any],
     out: str | Path, log=print,
 ) -> np.ndarray:  # fmt: skip
-    """The embed stage: compute on the job's GPU slot (or the CPU) and save as .npy."""
-    from avfl.gpu import slot_for
-    from avfl.train import choose_device
+    """The embed stage: compute on the job's GPU slot (or the CPU), save as .npy, and write
+    beside it (`<out>.json`) the device, float32 precision and versions that made it."""
+    from avfl.device import device_record, job_device, set_float32_precision
+    from avfl.records import write_json
+    from avfl.train import versions
 
     torch.manual_seed(0)
-    with slot_for(settings["device"]):
-        device = choose_device(settings["device"], log)
+    precision = settings.get("float32_precision", "ieee")
+    set_float32_precision(precision)
+    with job_device(settings["device"], bool(settings.get("gpu")), log) as device:
         emb = compute_embeddings(
             Path(features), modality, settings["spec"], settings["extract"], fold, device
         )
+        provenance = {"device": device_record(device, precision), "versions": versions(),
+                      "shape": list(emb.shape), "settings": dict(settings), "fold": fold}  # fmt: skip
     np.save(out, emb)
+    write_json(Path(out).with_suffix(".json"), provenance)
     log(f"{modality} embeddings {emb.shape} on {device}")
     return emb

@@ -46,6 +46,16 @@ def _memo(fn):
     return wrapper
 
 
+def needs_gpu(device: str, backbones: list[str]) -> bool:
+    """A job asks for a GPU (its rule's `gpu` resource) under `device: cuda`, and under `auto`
+    where a backbone has parameters: parameter-free backbones leave tiny heads to train, which
+    are launch-bound and as fast on a CPU core. `avfl.device` then computes exactly where the
+    rule asked: a GPU job that cannot use its GPU fails instead of falling back to the CPU."""
+    if device == "cpu":
+        return False
+    return device == "cuda" or any(b not in PARAMETER_FREE for b in backbones)
+
+
 def rate_label(rate: float) -> str:
     return f"{float(rate):g}"
 
@@ -114,6 +124,16 @@ class TrainJob:
         """Estimated time in units of a MultiFL run's round: runs x rounds x the method's cost."""
         return len(self.runs) * self.settings["federated"]["rounds"] * get_method(self.method).cost
 
+    @property
+    def group(self) -> str | None:
+        """The rule's Snakemake group. CPU jobs that depend on each other (a seed's methods
+        wait for its centralised reference; ModalityMirror for MultiFL) run as one group job
+        on a cluster, so that short jobs share one allocation. GPU jobs are never grouped: a
+        group job asks for the sum of its side-by-side jobs' GPUs (six for a seed of the
+        paper's grid, more than a partition allows), and a GPU job is long enough that its
+        own allocation costs little."""
+        return None if self.gpu else "train"
+
     def spec(self) -> str:
         """The job's JSON for `avfl train --job` (what the rule's params carry)."""
         runs = [
@@ -129,6 +149,7 @@ class TrainJob:
                 "method": self.method, "settings": self.settings, "config_hash": self.config_hash,
                 "features": self.features, "embeddings": self.embeddings,
                 "consumed_hashes": self.consumed_hashes, "health": self.health, "runs": runs,
+                "gpu": self.gpu,
             },
             sort_keys=True,
         )  # fmt: skip
@@ -181,7 +202,12 @@ class Plan:
 
     @_memo
     def embed_variant(self, variant: str) -> str:
-        return self._canonical(lambda c: {m: c["model"][m] for m in ("audio", "visual")})[variant]
+        return self._canonical(
+            lambda c: {
+                **{m: c["model"][m] for m in ("audio", "visual")},
+                "float32_precision": c["federated"]["float32_precision"],
+            }
+        )[variant]
 
     def partition_seed(self, variant: str, seed: int) -> int:
         pinned = self.variants[variant]["partition"]["seed"]
@@ -214,21 +240,21 @@ class Plan:
 
     def embed_settings(self, dataset: str, variant: str, modality: str) -> str:
         cfg = self.variants[variant]
+        fed = cfg["federated"]
         return json.dumps(
             {"spec": cfg["model"][modality], "extract": self.dataset(dataset)["extract"],
-             "device": cfg["federated"]["device"]},
+             "device": fed["device"], "float32_precision": fed["float32_precision"],
+             "gpu": self.needs_gpu(variant, modality)},
             sort_keys=True,
         )  # fmt: skip
 
     def needs_gpu(self, variant: str, modality: str | None = None) -> bool:
-        """A GPU is asked for only where a backbone with parameters runs on an allowed device."""
+        """Whether a variant's embed (one modality) or training jobs ask for a GPU."""
         cfg = self.variants[variant]
-        if cfg["federated"]["device"] == "cpu":
-            return False
-        backbones = [
-            cfg["model"][m]["backbone"] for m in ([modality] if modality else ("audio", "visual"))
-        ]
-        return any(b not in PARAMETER_FREE for b in backbones)
+        modalities = [modality] if modality else ["audio", "visual"]
+        return needs_gpu(
+            cfg["federated"]["device"], [cfg["model"][m]["backbone"] for m in modalities]
+        )
 
     # --- runs -------------------------------------------------------------------------------
 
@@ -391,7 +417,9 @@ class Plan:
             config_hash=self.config_hash(dataset, variant, method), runs=runs,
             features=f"{self.data}/features/{dataset}", embeddings=embeddings,
             consumed_hashes={c: self.config_hash(dataset, variant, c) for c in spec.requires(block)},
-            health=self.config["health"], gpu=self.needs_gpu(variant),
+            health=self.config["health"],
+            gpu=needs_gpu(self.effective(dataset, variant, method)["federated"]["device"],
+                          [self.variants[variant]["model"][m]["backbone"] for m in ("audio", "visual")]),
             inputs=sorted(set(inputs)),
         )  # fmt: skip
 

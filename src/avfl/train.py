@@ -20,7 +20,6 @@ import resource
 import shutil
 import threading
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 import avfl
 from avfl import health
 from avfl.data.manifest import STATUS_OK, read_manifest
+from avfl.device import device_record, resolve_device, set_float32_precision
 from avfl.errors import UserError
 from avfl.evaluate import evaluate
 from avfl.fl.batch import run_batch
@@ -81,6 +81,7 @@ class Job:
         default_factory=dict
     )  # method -> expected config hash
     health: Mapping[str, Any] = field(default_factory=dict)
+    gpu: bool = False  # the job's rule asked for a GPU (avfl.plan.needs_gpu)
 
     @classmethod
     def from_json(cls, text: str) -> Job:
@@ -100,6 +101,7 @@ class Job:
             variant=raw.get("variant", "default"),
             embeddings=(Path(emb["audio"]), Path(emb["visual"])) if emb else None,
             consumed_hashes=raw.get("consumed_hashes", {}), health=raw.get("health", {}),
+            gpu=raw["gpu"],
         )  # fmt: skip
 
 
@@ -107,23 +109,6 @@ def job_hash(settings: Mapping[str, Any]) -> str:
     from avfl.config import stable_hash
 
     return stable_hash(settings)
-
-
-def choose_device(requested: str, log: Callable[[str], None]) -> torch.device:
-    if requested == "cpu":
-        return torch.device("cpu")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
-        raise UserError(
-            "device: cuda was requested but no CUDA device is visible (check CUDA_VISIBLE_DEVICES, or set federated.device: auto)"
-        )
-    message = (
-        "no CUDA device visible: training on the CPU (set federated.device: cpu to silence this)"
-    )
-    warnings.warn(message, stacklevel=2)
-    log(f"warning: {message}")
-    return torch.device("cpu")
 
 
 def train_settings(fed: Mapping[str, Any]) -> TrainSettings:
@@ -257,6 +242,8 @@ def _record(job: Job, run: RunSpec, data: FederatedData, result: MethodResult, d
         "partition": {"file": str(run.partition), "seed": partition["seed"], "n_clients": len(partition["clients"])},
         "audio_only_clients": sorted(data.audio_only),
         "versions": versions(), "device": _device_name(device),
+        "compute": device_record(device, job.settings["federated"]["float32_precision"]),
+        "embeddings": _embedding_provenance(job),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "rounds": {name: p.rounds for name, p in phases.items()},
@@ -269,8 +256,23 @@ def _record(job: Job, run: RunSpec, data: FederatedData, result: MethodResult, d
         "classes": data.class_names,
     }  # fmt: skip
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
-    record["peak_memory_mb"] = _peak_memory_mb(device)
+    record["peak_memory_mb"] = _peak_host_memory_mb()
+    record["peak_gpu_memory_mb"] = (
+        round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None
+    )
     return record
+
+
+def _embedding_provenance(job: Job) -> dict[str, Any] | None:
+    """Where and how the frozen-mode embeddings were made (the embed rules' sidecars; None for
+    embeddings written without one, such as the rehearsal generator's)."""
+    if job.embeddings is None:
+        return None
+    found = {}
+    for modality, path in zip(("audio", "visual"), job.embeddings, strict=True):
+        sidecar = Path(path).with_suffix(".json")
+        found[modality] = json.loads(sidecar.read_text())["device"] if sidecar.exists() else None
+    return found
 
 
 def _model_file(job: Job, result: MethodResult, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -348,13 +350,14 @@ def _restore(done: Path, run: RunSpec) -> dict[str, Any]:
 
 def run_job(
     job: Job, log: Callable[[str], None] = print, threads: int | None = None,
-    stop_after: int | None = None,
+    stop_after: int | None = None, device: torch.device | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Train every run of the job; returns their records. Raises if any run failed (the
     finished ones are written and kept for the rerun) or, with `health.fatal`, if any run
-    did not learn."""
+    did not learn. `device`: where to train (the `train` command passes its GPU slot's);
+    None decides by the job's settings (avfl.device.resolve_device), without a slot."""
     if not threads:
-        return _run_job(job, log, stop_after)
+        return _run_job(job, log, stop_after, device)
     # The job's threads bound every thread pool in the process: torch's, and the BLAS and
     # OpenMP pools that numpy, scipy and scikit-learn use (the linear probes). Left alone, those
     # start one thread per core for tiny products and run 25x slower than one thread on a busy
@@ -363,13 +366,19 @@ def run_job(
 
     torch.set_num_threads(threads)
     with threadpool_limits(limits=threads):
-        return _run_job(job, log, stop_after)
+        return _run_job(job, log, stop_after, device)
 
 
-def _run_job(job: Job, log: Callable[[str], None], stop_after: int | None) -> list[dict[str, Any]]:
-    device = choose_device(job.settings["federated"]["device"], log)
+def _run_job(job: Job, log: Callable[[str], None], stop_after: int | None,
+             device: torch.device | None) -> list[dict[str, Any]]:  # fmt: skip
+    fed = job.settings["federated"]
+    set_float32_precision(fed["float32_precision"])
+    if device is None:
+        device = resolve_device(fed["device"], job.gpu, log)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        if fed["deterministic"]:
+            torch.use_deterministic_algorithms(True, warn_only=True)
     fold = _load_fold(job, device)
     outcomes = run_batch([_one_run(job, run, fold, device, log, stop_after) for run in job.runs])
     failed = [
@@ -418,9 +427,9 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()})"
 
 
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+def _peak_host_memory_mb() -> float:
+    """The process's peak resident memory (on a GPU job too: the CUDA context and libraries
+    take 1-2.5 GB of host memory, which SLURM's mem_mb must cover)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 

@@ -28,6 +28,11 @@ except UserError as exc:
     raise WorkflowError(str(exc)) from None
 config.clear()
 config.update(_validated)
+# How GPU jobs share the GPUs (avfl/gpu.py): jobs inherit these, and no job's params carry
+# them, so changing them reruns nothing.
+os.environ.update(AVFL_GPU_JOBS_PER_DEVICE=str(config["gpu"]["jobs_per_device"]))
+if config["gpu"]["lock_dir"]:
+    os.environ.update(AVFL_GPU_LOCK_DIR=config["gpu"]["lock_dir"])
 
 DATA = config["data_dir"]
 DATASETS = config["datasets"]

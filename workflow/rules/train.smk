@@ -6,7 +6,9 @@ rule embed_audio:
         fbank=f"{DATA}/features/{{dataset}}/fbank.npy",
         norm_stats=f"{DATA}/features/{{dataset}}/norm_stats.json",
     output:
-        f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.npy",
+        embeddings=f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.npy",
+        # Where and how they were computed: device, float32 precision, library versions.
+        provenance=f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.json",
     params:
         settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "audio"),
         features=lambda w, input: os.path.dirname(input.fbank),
@@ -25,14 +27,16 @@ rule embed_audio:
         ENV
     shell:
         "python -m avfl embed --features {params.features} --modality audio --fold {wildcards.fold} "
-        "--settings {params.settings:q} --out {output} 2> {log}"
+        "--settings {params.settings:q} --out {output.embeddings} 2> {log}"
 
 
 rule embed_visual:
     input:
         frames=f"{DATA}/features/{{dataset}}/frames.npy",
     output:
-        f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.npy",
+        embeddings=f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.npy",
+        # Where and how they were computed: device, float32 precision, library versions.
+        provenance=f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.json",
     params:
         settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "visual"),
         features=lambda w, input: os.path.dirname(input.frames),
@@ -51,7 +55,7 @@ rule embed_visual:
         ENV
     shell:
         "python -m avfl embed --features {params.features} --modality visual "
-        "--settings {params.settings:q} --out {output} 2> {log}"
+        "--settings {params.settings:q} --out {output.embeddings} 2> {log}"
 
 
 # One rule per training job (runs of one method and settings on one fold, see avfl.plan):
@@ -74,9 +78,11 @@ for _job in PLAN.jobs:
         benchmark:
             f"results/benchmarks/{_job.dataset}/train/{_job.name}.tsv"
         group:
-            "train"
+            _job.group  # GPU jobs: none (a group job would sum its jobs' GPUs), see TrainJob.group
         priority: _job.priority
-        threads: 1
+        # A GPU job's own CPU work (BMSFed's selection, the references' linear probes) gets a
+        # second core; a CPU job trains on one (several jobs share the machine).
+        threads: 2 if _job.gpu else 1
         resources:
             gpu=int(_job.gpu),
             mem_mb=2000 + 500 * len(_job.runs),

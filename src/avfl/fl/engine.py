@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from avfl.evaluate import predict
+from avfl.fl import memory
 from avfl.fl.data import FederatedData
-from avfl.fl.local import lockstep_key, train_rows
+from avfl.fl.local import lockstep_key, train_rows, trains_in_lockstep
 from avfl.fl.server import FedAvgServer
 from avfl.fl.types import (
     ClientUpdate,
@@ -40,6 +41,7 @@ from avfl.fl.types import (
     TrainSettings,
     derive_seed,
 )
+from avfl.models.heads import group_of
 from avfl.records import save_torch, verify_checksum, with_checksum
 
 CHECKPOINT_FORMAT = 4  # 3: BMSFed's server keeps its rows' norms; 4: a checksum (records.py)
@@ -272,24 +274,39 @@ def _train_round(active: Sequence[_Live]) -> None:
         else:
             buckets.append([job])
     updates: dict[int, list[ClientUpdate]] = {id(live): [] for live in active}
+    free = memory.free_bytes(active[0].run.data.audio.device)
+    held = 0  # bytes of the clients trained so far this round (fl/memory.py)
     for bucket in buckets:
         first = bucket[0][0].run
-        results = train_rows(
-            first.model,
-            [task for _, _, task in bucket],
-            [live.state for live, _, _ in bucket],
-            [live.run.data.clients[c] for live, c, _ in bucket],
-            [
-                derive_seed(live.run.seed, live.run.phase.name, live.round, c)
-                for live, c, _ in bucket
-            ],
-            first.data,
-            first.cfg,
-        )
-        for (live, client, task), result in zip(bucket, results, strict=True):
-            size = float(live.run.data.client_size(client))
-            updates[id(live)].append(ClientUpdate(client, task, result.state, size, result.loss))
-            live.local_steps += result.steps
+        live0, _, task0 = bucket[0]
+        trained = sum(v.numel() for n, v in live0.state.items()
+                      if group_of(n) in task0.groups and v.is_floating_point())  # fmt: skip
+        per_row = memory.row_bytes(trained, 4, first.cfg.optimizer == "adam")
+        at_once = memory.rows_per_chunk(
+            len(bucket), per_row, trains_in_lockstep(first.model, task0, first.cfg), free, held,
+            where=f"phase {first.phase.name}, round {live0.round}",
+        )  # fmt: skip
+        for part in memory.chunks(len(bucket), at_once):
+            chunk = [bucket[i] for i in part]
+            results = train_rows(
+                first.model,
+                [task for _, _, task in chunk],
+                [live.state for live, _, _ in chunk],
+                [live.run.data.clients[c] for live, c, _ in chunk],
+                [
+                    derive_seed(live.run.seed, live.run.phase.name, live.round, c)
+                    for live, c, _ in chunk
+                ],
+                first.data,
+                first.cfg,
+            )
+            for (live, client, task), result in zip(chunk, results, strict=True):
+                size = float(live.run.data.client_size(client))
+                updates[id(live)].append(
+                    ClientUpdate(client, task, result.state, size, result.loss)
+                )
+                live.local_steps += result.steps
+        held += len(bucket) * per_row.held
     for live in active:
         received = sorted(updates[id(live)], key=lambda u: u.client)
         live.state = live.server.aggregate(live.round, live.state, received)

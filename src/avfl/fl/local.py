@@ -97,6 +97,13 @@ def _read_names(model: nn.Module, task: Task, state: Mapping[str, torch.Tensor])
     return [n for n in state if group_of(n) in groups]
 
 
+def trains_in_lockstep(model: nn.Module, task: Task, cfg: TrainSettings) -> bool:
+    """Whether `train_rows` steps a bucket's rows together (else one row at a time)."""
+    if not cfg.lockstep:
+        return False
+    return supports_lockstep(model) or (hasattr(task, "stacked") and stacked.supports(model))
+
+
 def lockstep_key(task: Task):
     """What rows must share to train in one step: the task, or its `lockstep_key` when the
     task varies per row only in `row_values` (numbers passed to its loss per row)."""
@@ -136,13 +143,23 @@ def train_rows(
     trained = [n for n, _ in model.named_parameters() if group_of(n) in task.groups]
     if not trained:
         return [RowResult({}, float("nan"), 0) for _ in range(rows)]
+    stacked_step = getattr(task, "stacked", None) if cfg.lockstep else None
+    if stacked_step is not None and not stacked.supports(model):
+        stacked_step = None
+    lockstep = cfg.lockstep and supports_lockstep(model)
+    if stacked_step is None and not lockstep and rows > 1:
+        # The row path trains one row at a time anyway: give each row its own optimizer
+        # buffers, freed when it is done, instead of every row's parameters, gradients and
+        # moments at once (fine-tuning SSAST-Base + ResNet-18 holds about 2 GB per row). A
+        # row's numbers do not depend on its company, so this is the same arithmetic.
+        return [
+            train_rows(model, [tasks[i]], [starts[i]], [indices[i]], [seeds[i]], data, cfg)[0]
+            for i in range(rows)
+        ]
     trained_set = set(trained)
     buffers = {n for n, _ in model.named_buffers()}
     names = _read_names(model, task, starts[0])
     device = data.audio.device
-    stacked_step = getattr(task, "stacked", None) if cfg.lockstep else None
-    if stacked_step is not None and not stacked.supports(model):
-        stacked_step = None
     optimizer = RowOptimizer(starts, trained, cfg)
     fixed = {n: torch.stack([s[n].detach() for s in starts]) for n in names if n not in trained_set}
     # Float buffers of trained groups (BatchNorm statistics) travel with the trained state.
@@ -162,17 +179,17 @@ def train_rows(
     noise = pool_size(model, cfg.batch_size)
     positions, weights, pools = row_schedule(sizes, seeds, cfg.local_epochs, cfg.batch_size, noise)
     last_step = [n - 1 for n in n_steps]
-    padded = torch.zeros(rows, max(sizes), dtype=torch.long, device=device)
-    for i, idx in enumerate(indices):
-        padded[i, : idx.numel()] = idx
-    sample_rows = torch.gather(padded, 1, positions.flatten(1).to(device)).view(positions.shape)
-    weights = weights.to(device)
-    pools = pools.to(device) if pools is not None else None
+    # The schedules are drawn on the CPU (the same batch orders and dropout noise on every
+    # device) and copied over once per bucket, without waiting, from pinned memory.
+    padded = nn.utils.rnn.pad_sequence(list(indices), batch_first=True)
+    sample_rows = torch.gather(padded, 1, _to(positions.flatten(1), device)).view(positions.shape)
+    weights = _to(weights, device)
+    pools = _to(pools, device) if pools is not None else None
     wrapper = _TaskLoss(model, task)
     per_row = None
     if hasattr(task, "row_values"):
         per_row = {
-            k: torch.tensor([t.row_values[k] for t in tasks], dtype=torch.float32, device=device)
+            k: _to(torch.tensor([t.row_values[k] for t in tasks], dtype=torch.float32), device)
             for k in task.row_values
         }
 
@@ -185,7 +202,8 @@ def train_rows(
             loss = loss + task.penalty(p, start)
         return loss
 
-    loss_sums = torch.zeros(rows, dtype=torch.float64)
+    # On the device: a step never waits for the host (its loss is read once, at the end).
+    loss_sums = torch.zeros(rows, dtype=torch.float64, device=device)
     model.train()
     if stacked_step is not None:
         _train_stacked(
@@ -195,7 +213,6 @@ def train_rows(
         return _results(optimizer, moving, fixed, loss_sums, last_step)
     params = optimizer.params
     step_fn = grad_and_value(loss_fn)
-    lockstep = cfg.lockstep and supports_lockstep(model)
     if lockstep:
         in_dims = (0, 0, 0 if start_params is not None else None, 0, 0, 0, 0,
                    0 if pools is not None else None, 0 if per_row is not None else None)  # fmt: skip
@@ -211,35 +228,36 @@ def train_rows(
                 pools[:k, step] if pools is not None else None,
                 {name: v[:k] for name, v in per_row.items()} if per_row is not None else None,
             )  # fmt: skip
-        else:
-            grads = {n: torch.zeros_like(p[:k]) for n, p in params.items()}
-            losses = torch.zeros(k)
-            for i in range(k):
-                real = int(weights[i, step].sum())
-                take = batch[i, :real]
-                torch.manual_seed(
-                    derive_seed(seeds[i], "step", step)
-                )  # layers with their own dropout
-                g, v = step_fn(
-                    {n: p[i] for n, p in params.items()}, {n: t[i] for n, t in fixed.items()},
-                    {n: p[i] for n, p in start_params.items()} if start_params is not None else None,
-                    data.audio[take], data.visual[take], data.labels[take], weights[i, step, :real],
-                    pools[i, step] if pools is not None else None,
-                    {k: v[i] for k, v in per_row.items()} if per_row is not None else None,
-                )  # fmt: skip
-                for n in grads:
-                    grads[n][i] = g[n]
-                losses[i] = v
+        else:  # one row (see above): its own step through autograd
+            real = sizes[0] - step % math.ceil(sizes[0] / cfg.batch_size) * cfg.batch_size
+            take = batch[0, : min(real, cfg.batch_size)]
+            torch.manual_seed(derive_seed(seeds[0], "step", step))  # layers with their own dropout
+            g, losses = step_fn(
+                {n: p[0] for n, p in params.items()}, {n: t[0] for n, t in fixed.items()},
+                {n: p[0] for n, p in start_params.items()} if start_params is not None else None,
+                data.audio[take], data.visual[take], data.labels[take], weights[0, step, : take.numel()],
+                pools[0, step] if pools is not None else None,
+                {k: v[0] for k, v in per_row.items()} if per_row is not None else None,
+            )  # fmt: skip
+            grads = {n: v.unsqueeze(0) for n, v in g.items()}
         optimizer.step(grads, k)
-        loss_sums[:k] += losses.detach().double().cpu()
+        loss_sums[:k] += losses.detach().double()
     return _results(optimizer, moving, fixed, loss_sums, last_step)
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor on `device`: from pinned memory without waiting, on a GPU."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _results(optimizer, moving, fixed, loss_sums, last_step) -> list[RowResult]:
     results = []
+    sums = loss_sums.tolist()  # the one read of the losses
     for i, last in enumerate(last_step):
         state = optimizer.row_state(i) | {n: fixed[n][i].clone() for n in moving}
-        results.append(RowResult(state, float(loss_sums[i]) / (last + 1), last + 1))
+        results.append(RowResult(state, sums[i] / (last + 1), last + 1))
     return results
 
 
@@ -251,26 +269,28 @@ def _train_stacked(
     sorted longest first, so the rows still training at a step are a prefix of the stack."""
     # Each sample's share of its row's step loss: padding weighs 0, a row's real samples 1/n.
     shares = weights / weights.sum(dim=-1, keepdim=True).clamp_min(1.0)
-    for step in range(last_step[0] + 1):
+    views: tuple = (None,)  # (k, tensors, grads, start, per_row): k only falls, so each k's
+    for step in range(last_step[0] + 1):  # prefix views are sliced once, not every step
         k = sum(1 for last in last_step if last >= step)
+        if views[0] != k:
 
-        def prefix(tensors, k=k):
-            return tensors if k == optimizer.rows else {n: t[:k] for n, t in tensors.items()}
+            def prefix(tensors, k=k):
+                return tensors if k == optimizer.rows else {n: t[:k] for n, t in tensors.items()}
 
+            views = (k, prefix(optimizer.params) | prefix(fixed), prefix(optimizer.grad_views),
+                     prefix(start_params) if start_params is not None else None,
+                     prefix(per_row) if per_row is not None else {})  # fmt: skip
+        _, tensors, grads, start, values = views
         stack = stacked.Rows(
-            model, prefix(optimizer.params) | prefix(fixed), prefix(optimizer.grad_views),
-            pools[:k, step] if pools is not None else None,
-            prefix(start_params) if start_params is not None else None,
-            step,
-        )  # fmt: skip
+            model, tensors, grads, pools[:k, step] if pools is not None else None, start, step
+        )
         take = sample_rows[:k, step]
         batch = stacked.Batch(
-            data.audio[take], data.visual[take], data.labels[take], shares[:k, step],
-            prefix(per_row) if per_row is not None else {},
-        )  # fmt: skip
+            data.audio[take], data.visual[take], data.labels[take], shares[:k, step], values
+        )
         with torch.no_grad():
             losses = step_fn(stack, batch)
         for name in stack.trained - stack.written:  # a trained tensor the loss did not reach
             stack.grads[name].zero_()
         optimizer.step(active=k)
-        loss_sums[:k] += losses.double().cpu()
+        loss_sums[:k] += losses.double()

@@ -236,18 +236,23 @@ class BMSFedServer:
                 sums = torch.zeros(k, z.shape[1], dtype=torch.float64, device=z.device).index_add_(
                     0, labels, z
                 )
-                counts = torch.bincount(labels, minlength=k).double()
+                # Counts by index_add_ of ones: bincount would read its labels' range on the
+                # host (a GPU sync), for the same integers.
+                counts = torch.zeros(k, dtype=torch.float64, device=z.device).index_add_(
+                    0, labels, torch.ones_like(labels, dtype=torch.float64)
+                )
                 out[modality] = (sums, counts)
         return out
 
     @staticmethod
     def _write_prototypes(state: dict, sums: Mapping[str, tuple]) -> dict:
+        import torch
+
         for modality, (total, counts) in sums.items():
             key = f"{modality}_prototypes.prototypes"
-            held = counts > 0
-            new = state[key].clone()
-            new[held] = (total[held] / counts[held, None]).to(new.dtype)
-            state[key] = new
+            means = (total / counts.clamp_min(1.0)[:, None]).to(state[key].dtype)
+            # A class no client held keeps its prototype (where, not a masked write: no sync).
+            state[key] = torch.where((counts > 0)[:, None], means, state[key])
         return state
 
     def start(self, state):
@@ -325,15 +330,17 @@ class BMSFedServer:
 
     # --- local tasks --------------------------------------------------------------------
 
-    def _client_rho(self, rnd: int, client: int) -> float:
-        """sum of true-class scores, audio over visual, on a random mini-batch (5.11, 5.12)."""
+    def _client_scores(self, rnd: int, client: int) -> torch.Tensor:
+        """(audio, visual) sums of true-class scores on a random mini-batch (5.11, 5.12), on
+        the device: the ratios of a round's clients are read in one go (`_rhos`)."""
         import torch
 
         from avfl.fl.types import derive_seed
 
         idx = self.data.clients[client]
         generator = torch.Generator().manual_seed(derive_seed(self.seed, "bmsfed_rho", rnd, client))
-        batch = idx[torch.randperm(idx.numel(), generator=generator)[: self.batch].to(idx.device)]
+        order = torch.randperm(idx.numel(), generator=generator)[: self.batch]
+        batch = idx[order.to(idx.device, non_blocking=True)]
         labels = self.data.labels[batch]
         with torch.no_grad():
             scores = []
@@ -342,16 +349,26 @@ class BMSFedServer:
                 ("visual", self.scratch.visual_embedding, self.scratch.visual_prototypes),
             ):
                 probs = head(embed(getattr(self.data, modality)[batch])).softmax(dim=-1)
-                scores.append(float(probs.gather(-1, labels[:, None]).sum()))
-        return scores[0] / max(scores[1], 1e-12)
+                scores.append(probs.gather(-1, labels[:, None]).sum())
+        return torch.stack(scores)
+
+    def _rhos(self, rnd: int, clients: Sequence[int]) -> dict[int, float]:
+        """Each client's imbalance ratio rho^k: audio's score over visual's."""
+        import torch
+
+        if not clients:
+            return {}
+        scores = torch.stack([self._client_scores(rnd, c) for c in clients]).tolist()
+        return {c: a / max(v, 1e-12) for c, (a, v) in zip(clients, scores, strict=True)}
 
     def plan(self, rnd: int, clients: Sequence[int], state) -> dict[int, BMSFedTask]:
         self.scratch.load_state_dict(state)
         tasks = {}
+        rhos = self._rhos(rnd, [c for c in clients if self.video[c]])
         for client in clients:
             kind = self.assigned.get(client, "multimodal" if self.video[client] else "audio")
             if self.video[client]:
-                self.rho[client] = self._client_rho(rnd, client)
+                self.rho[client] = rhos[client]
                 self.has_rho[client] = True
                 gamma, beta = me_coefficients(self.rho[client])
             else:  # no visual data: the global ratio decides whether audio needs enhancing
@@ -381,7 +398,7 @@ class BMSFedServer:
             for n in sorted(update.state)
             if group_of(n) in groups and update.state[n].is_floating_point()
         ]
-        return torch.cat([(state[n] - update.state[n]).flatten().float() for n in names]).cpu()
+        return torch.cat([(state[n] - update.state[n]).flatten().float() for n in names])
 
     def _store(self, store: str, rows: Mapping[int, torch.Tensor]) -> None:
         """Put the new update rows of `store` in place and refresh their distances to every row."""
@@ -391,20 +408,23 @@ class BMSFedServer:
         if not rows:
             return
         n = len(self.data.clients)
-        if self.rows[store] is None:
-            self.rows[store] = torch.zeros(n, next(iter(rows.values())).numel())
-            self.norms[store] = torch.zeros(n)
+        first = next(iter(rows.values()))
+        if self.rows[store] is None:  # on the data's device, where the updates are
+            self.rows[store] = torch.zeros(n, first.numel(), device=first.device)
+            self.norms[store] = torch.zeros(n, device=first.device)
         clients = sorted(rows)
         fresh = torch.stack([rows[c] for c in clients])
         fresh_norms = (fresh * fresh).sum(1)
-        for i, client in enumerate(clients):
-            self.rows[store][client] = fresh[i]
-            self.norms[store][client] = fresh_norms[i]  # kept, not recomputed over every row
+        where = torch.tensor(clients, device=first.device)
+        self.rows[store][where] = fresh
+        self.norms[store][where] = fresh_norms  # kept, not recomputed over every row
+        for client in clients:
             self.has_row[store][client] = True
         have = np.flatnonzero(self.has_row[store])
         every = self.rows[store]
         squared = fresh_norms[:, None] + self.norms[store][None, :] - 2.0 * (fresh @ every.T)
-        d = squared.double().clamp_min(0.0).sqrt().numpy()[:, have]  # L2 distances (Gram form)
+        # L2 distances (Gram form); only the (fresh x measured) block comes to the host.
+        d = squared.double().clamp_min(0.0).sqrt().cpu().numpy()[:, have]
         for i, client in enumerate(clients):
             self.dist[store][client, have] = d[i]
             self.dist[store][have, client] = d[i]
@@ -457,8 +477,9 @@ class BMSFedServer:
 
     def load_state_dict(self, saved: Mapping[str, Any]) -> None:
         self.rho, self.has_rho = saved["rho"].copy(), saved["has_rho"].copy()
-        self.rows = dict(saved["rows"])
-        self.norms = dict(saved["norms"])
+        device = self.data.audio.device  # checkpoints load on the CPU
+        self.rows = {k: None if v is None else v.to(device) for k, v in saved["rows"].items()}
+        self.norms = {k: None if v is None else v.to(device) for k, v in saved["norms"].items()}
         self.has_row = {k: v.copy() for k, v in saved["has_row"].items()}
         self.dist = {k: v.copy() for k, v in saved["dist"].items()}
         self.assigned = dict(saved["assigned"])

@@ -50,16 +50,26 @@ class AdamServer:
         import torch
 
         average = self.base.aggregate(rnd, state, updates)
-        trained = {n for u in updates for n, v in u.state.items() if v.is_floating_point()}
+        names = sorted({n for u in updates for n, v in u.state.items() if v.is_floating_point()})
+        if not names:
+            return dict(average)
+        # In float64, the moments updated in place; multi-tensor ops, one launch per step of
+        # the update on a GPU (on the CPU they run the per-tensor kernels: the same numbers).
+        xs = [state[n].double() for n in names]
+        deltas = [average[n].double() for n in names]
+        torch._foreach_sub_(deltas, xs)
+        # A resumed run's moments come from a checkpoint loaded on the CPU.
+        m = [self._moment(self.m, n, d) for n, d in zip(names, deltas, strict=True)]
+        v = [self._moment(self.v, n, d) for n, d in zip(names, deltas, strict=True)]
+        torch._foreach_mul_(m, self.b1)
+        torch._foreach_add_(m, deltas, alpha=1 - self.b1)
+        torch._foreach_mul_(v, self.b2)
+        torch._foreach_addcmul_(v, deltas, deltas, value=1 - self.b2)
+        denominators = torch._foreach_sqrt(v)
+        torch._foreach_add_(denominators, self.tau)
+        steps = torch._foreach_addcdiv(xs, m, denominators, value=self.lr)
         new = dict(average)
-        for name in sorted(trained):  # in float64, the moments updated in place
-            x = state[name].double()
-            delta = average[name].double().sub_(x)
-            # A resumed run's moments come from a checkpoint loaded on the CPU.
-            m, v = (self._moment(moments, name, delta) for moments in (self.m, self.v))
-            m.mul_(self.b1).add_(delta, alpha=1 - self.b1)
-            v.mul_(self.b2).addcmul_(delta, delta, value=1 - self.b2)
-            step = torch.addcdiv(x, m, v.sqrt().add_(self.tau), value=self.lr)
+        for name, step in zip(names, steps, strict=True):
             new[name] = step.to(state[name].dtype)
         return new
 
