@@ -15,15 +15,30 @@ processes at once (2: the cores of the machine), as Snakemake would:
   rounds in lockstep too.
 
     python benchmarks/grid_speed.py [--rounds 50] [--parallel 2] [--device cpu|cuda]
+                                    [--kernels] [--json PATH]
 
 Prints each way's wall time and, last, `speed-up over baseline: X.XXx` (batched).
+
+`--kernels` runs the batched way once more under the PyTorch profiler. On the CPU it sums
+the matrix products' and the optimizer's own time, and divides it by `--parallel` (the
+processes run on that many cores): the floor no removal of overhead goes below. On CUDA it
+sums the time of every GPU kernel (kineto's device events, as the profiler's own "Self CUDA
+time total" counts them), and that sum is the floor as it stands: the processes share one GPU,
+so their kernels add up. It also prints the GPU-busy fraction, kernel seconds over the
+batched way's wall time (1 - that fraction: the share of wall the GPU waited on the hosts).
+
+`--json PATH` writes every figure printed, with the command line and the machine (device,
+torch, CPU model, cores, GPU, date, `git describe`), as one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 import json
+import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,23 +102,41 @@ KERNELS = {  # the arithmetic of local training on a CPU: what no removal of ove
 }
 
 
+def gpu_seconds(events) -> float:
+    """The GPU's busy time in profiler events: the device events' own time, counted as the
+    profiler's table counts "Self CUDA time total" (a CPU op's self device time repeats its
+    kernels' time, so summing every event would count each kernel twice)."""
+    from torch.autograd import DeviceType
+
+    total = 0.0
+    for e in events:
+        if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False):
+            total += e.self_device_time_total
+        elif e.device_type == DeviceType.CPU and getattr(e, "is_legacy", False):
+            total += e.self_device_time_total  # the legacy profiler keeps kernels in CPU events
+    return total / 1e6
+
+
 def run_profiled(job_file: str, out: str) -> None:
-    """Train one batched job under the PyTorch profiler; write the kernels' own time (s)."""
-    import torch
+    """Train one batched job under the PyTorch profiler; write the kernels' own time (s):
+    on the CPU the matrix products' and the optimizer's, on a GPU every kernel's."""
     from torch.profiler import ProfilerActivity, profile
 
-    activities = [ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(ProfilerActivity.CUDA)
+    from avfl.device import asks_for_gpu
+
+    spec = json.loads(Path(job_file).read_text())
+    on_gpu = asks_for_gpu(spec["settings"]["federated"]["device"], spec["gpu"])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if on_gpu else [])
     with profile(activities=activities) as prof:
         run_one(job_file, peer=False)
     events = prof.key_averages()
-    spent = {
-        kind: sum(e.self_cpu_time_total for e in events if e.key in names) / 1e6
-        for kind, names in KERNELS.items()
-    }
-    if torch.cuda.is_available():  # every kernel on the GPU: its busy time
-        spent = {"GPU kernels": sum(e.self_device_time_total for e in events) / 1e6}
+    if on_gpu:  # every kernel on the GPU: its busy time
+        spent = {"GPU kernels": gpu_seconds(events)}
+    else:
+        spent = {
+            kind: sum(e.self_cpu_time_total for e in events if e.key in names) / 1e6
+            for kind, names in KERNELS.items()
+        }
     Path(out).write_text(json.dumps(spent))
 
 
@@ -162,6 +195,9 @@ def jobs_for(config: dict, runs_per_job: int, root: Path, way: str) -> list[tupl
         if job.method == "centralised":
             continue
         spec = json.loads(job.spec())
+        device = spec["settings"]["federated"]["device"]
+        if device in ("cpu", "cuda") and spec["gpu"] != (device == "cuda"):
+            raise SystemExit(f"job {job.name}: device {device} but gpu {spec['gpu']} in its JSON")
         consumes = set()
         for run in spec["runs"]:
             run["out"] = str(root / way / run["out"])
@@ -214,6 +250,61 @@ def time_way(
     return time.perf_counter() - start
 
 
+def cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or None
+
+
+def gpu_name(device: str) -> str | None:
+    """The GPU's name: from torch on a CUDA run, from nvidia-smi (CUDA untouched) otherwise."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        names = [n.strip() for n in out.stdout.splitlines() if n.strip()]
+        return ", ".join(names) if out.returncode == 0 and names else None
+    return None
+
+
+def git_describe() -> str | None:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
+                             capture_output=True, text=True, timeout=30)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def machine(device: str) -> dict:
+    """What the figures were measured on."""
+    import torch
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count()
+    return {
+        "device": device, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
+        "python": sys.version.split()[0], "cpu_model": cpu_model(), "cores": os.cpu_count(),
+        "usable_cores": usable, "gpu": gpu_name(device),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_describe": git_describe(),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -223,12 +314,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--parallel", type=int, default=2, help="processes at once (cores)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--ways", nargs="+", default=["baseline", "engine", "batched"])
+    parser.add_argument("--ways", nargs="+", default=["baseline", "engine", "batched"],
+                        choices=["baseline", "engine", "batched"])  # fmt: skip
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--kernels", action="store_true",
                         help="run the batched way once more under the profiler and print the "
                              "time of its kernels alone: the floor that removing overhead "
                              "cannot go below, and the speed-up that floor allows")  # fmt: skip
+    parser.add_argument("--json", metavar="PATH",
+                        help="also write every figure, the command and the machine as JSON")  # fmt: skip
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -238,6 +332,18 @@ def main() -> None:
         else:
             run_one(args.worker, args.peer)
         return
+    cuda = args.device == "cuda"
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"grid_speed: --device cuda, but torch {torch.__version__} sees no "
+                             "usable CUDA device (python -m avfl doctor says why)")  # fmt: skip
+    record: dict = {"command": [sys.executable, *sys.argv],
+                    "settings": {"rounds": args.rounds, "rates": args.rates, "seeds": args.seeds,
+                                 "parallel": args.parallel, "device": args.device,
+                                 "ways": args.ways, "kernels": args.kernels}}  # fmt: skip
+    record["machine"] = machine(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         config = prepare(root, args.rounds, args.rates, args.seeds, args.device)
@@ -246,35 +352,71 @@ def main() -> None:
             for j in __import__("avfl.plan").plan.Plan(config).jobs
             if j.method != "centralised"
         )
+        record["settings"]["runs"] = n_runs
         print(f"sub-grid: fold 1, {n_runs} runs (every method x rates {args.rates} x seeds {args.seeds}), "
               f"{args.rounds} rounds, 100 clients, {args.parallel} processes at once, device {args.device}")  # fmt: skip
         times = {}
+        record["ways"] = {}
         for way in args.ways:
             per_job = {"baseline": 1, "engine": 1, "batched": 0}[way]
             jobs = jobs_for(config, per_job, root, way)
             times[way] = time_way(jobs, args.parallel, peer=way == "baseline")
+            record["ways"][way] = {"processes": len(jobs), "wall_s": round(times[way], 3),
+                                   "s_per_run": round(times[way] / n_runs, 4)}  # fmt: skip
             print(f"{way:<9} {len(jobs):4d} processes  {times[way]:8.1f} s  "
                   f"({times[way] / n_runs:.2f} s per run)", flush=True)  # fmt: skip
         floor = None
         if args.kernels:
             profiles = root / "profiles"
             profiles.mkdir()
-            time_way(jobs_for(config, 0, root, "profiled"), args.parallel, False, profiles)
+            profiled = time_way(
+                jobs_for(config, 0, root, "profiled"), args.parallel, False, profiles
+            )
             spent: dict[str, float] = {}
             for path in sorted(profiles.glob("*.json")):
                 for kind, seconds in json.loads(path.read_text()).items():
                     spent[kind] = spent.get(kind, 0.0) + seconds
-            floor = sum(spent.values()) / args.parallel
-            print("batched, kernels alone: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items())
-                  + f" of job time; over {args.parallel} processes at least {floor:.1f} s")  # fmt: skip
+            kernels = {"seconds": {k: round(v, 3) for k, v in spent.items()},
+                       "profiled_wall_s": round(profiled, 3)}  # fmt: skip
+            if cuda:  # the processes share one GPU: their kernels add up, nothing divides them
+                floor = sum(spent.values())
+                print("batched, kernels alone: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items())
+                      + f" of job time; on one GPU shared by {args.parallel} processes at least "
+                      f"{floor:.1f} s")  # fmt: skip
+                wall, of = (
+                    (times["batched"], "batched") if "batched" in times else (profiled, "profiled")
+                )
+                busy = floor / wall if wall > 0 else None
+                kernels |= {"floor_basis": "summed GPU kernel time (one GPU)",
+                            "gpu_busy_fraction": round(busy, 4) if busy is not None else None,
+                            "gpu_busy_of": f"{of} wall"}  # fmt: skip
+                if busy is not None:
+                    print(f"GPU busy: {floor:.1f} s of kernels in {wall:.1f} s of {of} wall: "
+                          f"{busy:.1%} (host-bound share {1 - busy:.1%})")  # fmt: skip
+            else:
+                floor = sum(spent.values()) / args.parallel
+                print("batched, kernels alone: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items())
+                      + f" of job time; over {args.parallel} processes at least {floor:.1f} s")  # fmt: skip
+                kernels["floor_basis"] = f"summed kernel time / {args.parallel} processes"
+            kernels["floor_s"] = round(floor, 3)
+            record["kernels"] = kernels
+        speedups: dict[str, float] = {}
         if "baseline" in times:
-            if floor is not None:
+            if floor:  # None without --kernels; 0 where the profiler saw no kernel
+                speedups["kernels_allow"] = times["baseline"] / floor
                 print(f"speed-up those kernels allow: {times['baseline'] / floor:.2f}x")
             for way in ("engine", "batched"):
                 if way in times and way != "batched":
+                    speedups[way] = times["baseline"] / times[way]
                     print(f"{way} speed-up over baseline: {times['baseline'] / times[way]:.2f}x")
             if "batched" in times:
+                speedups["batched"] = times["baseline"] / times["batched"]
                 print(f"speed-up over baseline: {times['baseline'] / times['batched']:.2f}x")
+        record["speedups_over_baseline"] = {k: round(v, 3) for k, v in speedups.items()}
+    if args.json:
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,13 @@ machine's 32 MB L3, where 90 rows hold 360 MB. It prints the time per (row, step
 whether every row's trained state and loss equal those of all rows at once (they must: a
 row's numbers do not depend on its company, fl/local.py).
 
+`--device cuda` puts the data, the model and the rows' states on the GPU and synchronises
+the device before every reading of the clock (kernels run asynchronously: without it a
+timer measures the launches only). There is no fallback: without a usable CUDA device it
+stops with a one-line error.
+
     python benchmarks/local_step.py [--rows 1 16 64 128] [--threads 1] [--groups 16 4 1]
+                                    [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -30,9 +36,22 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--groups", type=int, nargs="*", default=[],
                         help="also train the written-out rows in groups of this many rows")  # fmt: skip
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
 
     import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"local_step: --device cuda, but torch {torch.__version__} sees no usable "
+                         "CUDA device (python -m avfl doctor says why)")  # fmt: skip
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+
+    def clock() -> float:
+        """The time, once the device has finished everything queued before it."""
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     from avfl.fl import local, stacked
     from avfl.fl.data import FederatedData
@@ -45,14 +64,16 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     n = 6800
-    data = FederatedData(torch.randn(n, 768), torch.randn(n, 512), torch.randint(0, 51, (n,)),
-                         [], torch.arange(1), torch.arange(1), 51, [], frozenset())  # fmt: skip
-    model = AVModel(768, 512, 51, 128, 0.1)
+    data = FederatedData(torch.randn(n, 768).to(device), torch.randn(n, 512).to(device),
+                         torch.randint(0, 51, (n,)).to(device), [], torch.arange(1).to(device),
+                         torch.arange(1).to(device), 51, [], frozenset())  # fmt: skip
+    model = AVModel(768, 512, 51, 128, 0.1).to(device)
     state = model.state_dict()
     cfg = TrainSettings(local_epochs=1, batch_size=16, lr=5e-4, optimizer="adam",
                         weight_decay=0.0, eval_every=5, selection="best_dev", checkpoint_every=10)  # fmt: skip
     supports = stacked.supports
-    print(f"ms per (row, step), {args.threads} thread(s), best of {args.repeats}")
+    on = f", on {torch.cuda.get_device_name(device)} (synchronised timers)" if cuda else ""
+    print(f"ms per (row, step), {args.threads} thread(s), best of {args.repeats}{on}")
     groups_head = "".join(f" {'groups of ' + str(g):>13}" for g in args.groups)
     print(f"{'task':<6} {'rows':>5} {'autograd (vmap)':>16} {'written out':>12} {'ratio':>6}"
           + groups_head)  # fmt: skip
@@ -60,9 +81,9 @@ def main() -> None:
     def best_time(train) -> tuple[float, list]:
         best, results = float("inf"), []
         for _ in range(args.repeats + 1):  # the first call warms up
-            start = time.perf_counter()
+            start = clock()
             results = train()
-            best = min(best, time.perf_counter() - start)
+            best = min(best, clock() - start)
         return best, results
 
     def in_groups(task, rows, indices, size):
@@ -76,7 +97,7 @@ def main() -> None:
 
     for name, task in (("audio", AudioTask()), ("av", AVTask())):
         for rows in args.rows:
-            indices = [torch.randint(0, n, (48,)) for _ in range(rows)]
+            indices = [torch.randint(0, n, (48,)).to(device) for _ in range(rows)]
             timings, together = {}, []
             for path in ("vmap", "stacked"):
                 local.stacked.supports = supports if path == "stacked" else (lambda m: False)

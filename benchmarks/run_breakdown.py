@@ -8,7 +8,13 @@ test evaluation and record; the rest is writing the run's files. Two jobs, same 
 fold: one run alone (`runs_per_job: 1`, before batching) and one seed's runs at every rate
 together (`runs_per_job: null`, the default since batching).
 
+`--device cuda` trains both jobs on the GPU (`federated.device: cuda`, so the job asks for
+one) and synchronises the device before every reading of the clock, so that a stage's time
+includes the kernels it queued; CUDA's start-up in the job falls in "loading". There is no
+fallback: without a usable CUDA device it stops with a one-line error.
+
     python benchmarks/run_breakdown.py [--method multifl] [--rounds 200] [--threads 1]
+                                       [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -49,7 +55,20 @@ def startup_seconds() -> float:
     return min(times)
 
 
-def instrument(spent: dict[str, float]) -> None:
+def make_clock(cuda: bool):
+    """perf_counter, read once the GPU has finished what was queued before (with `cuda`)."""
+    if not cuda:
+        return time.perf_counter
+    import torch
+
+    def clock() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return clock
+
+
+def instrument(spent: dict[str, float], clock=time.perf_counter) -> None:
     """Wrap each stage's functions; a stage's time is the wall time during which at least one
     thread is inside it (a batched job's runs load and record in threads of their own)."""
     import importlib
@@ -59,16 +78,18 @@ def instrument(spent: dict[str, float]) -> None:
     since: dict[str, float] = {}
 
     def enter(stage: str) -> None:
+        now = clock()
         with lock:
             active[stage] += 1
             if active[stage] == 1:
-                since[stage] = time.perf_counter()
+                since[stage] = now
 
     def leave(stage: str) -> None:
+        now = clock()
         with lock:
             active[stage] -= 1
             if active[stage] == 0:
-                spent[stage] += time.perf_counter() - since[stage]
+                spent[stage] += now - since[stage]
 
     for stage, targets in STAGES.items():
         for module_name, name in targets:
@@ -86,18 +107,21 @@ def instrument(spent: dict[str, float]) -> None:
             setattr(module, name, timed)
 
 
-def time_job(job_file: Path, threads: int) -> tuple[int, float, dict[str, float]]:
+def time_job(
+    job_file: Path, threads: int, device: str = "cpu"
+) -> tuple[int, float, dict[str, float]]:
     from avfl.runtime import configure_training_process
     from avfl.train import Job, run_job
 
     configure_training_process()  # as the `train` command does
 
+    clock = make_clock(device == "cuda")
     spent: dict[str, float] = defaultdict(float)
-    instrument(spent)
+    instrument(spent, clock)
     job = Job.from_json(job_file.read_text())
-    start = time.perf_counter()
+    start = time.perf_counter()  # nothing is queued on a device yet
     run_job(job, log=lambda m: None, threads=threads)
-    return len(job.runs), time.perf_counter() - start, dict(spent)
+    return len(job.runs), clock() - start, dict(spent)
 
 
 def main() -> None:
@@ -107,19 +131,28 @@ def main() -> None:
     parser.add_argument("--method", default="multifl")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:  # one job in a fresh process, so the two jobs do not share warm caches
-        print(json.dumps(time_job(Path(args.worker), args.threads)))
+        print(json.dumps(time_job(Path(args.worker), args.threads, args.device)))
         return
+    on = ""
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit(f"run_breakdown: --device cuda, but torch {torch.__version__} sees no "
+                             "usable CUDA device (python -m avfl doctor says why)")  # fmt: skip
+        on = f", on {torch.cuda.get_device_name(0)} (synchronised timers)"
     rates = [round(0.1 * i, 1) for i in range(1, 10)]
     startup = startup_seconds()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        config = prepare(root, args.rounds, rates, [0], "cpu")
+        config = prepare(root, args.rounds, rates, [0], args.device)
         config["experiment"]["methods"] = [args.method]
         print(f"{args.method}, rehearsal fold 1, seed 0, {args.rounds} rounds of 10 of 100 "
-              f"clients, {args.threads} thread(s); start-up + imports of a fresh process: "
+              f"clients, {args.threads} thread(s){on}; start-up + imports of a fresh process: "
               f"{startup:.2f} s")  # fmt: skip
         header = f"{'job':<28}{'runs':>5}{'wall s':>9}{'s/run':>8}  " + "  ".join(
             f"{s} s" for s in [*STAGES, "writing + other"]
@@ -127,10 +160,12 @@ def main() -> None:
         print(header)
         for label, per_job in (("one run per job (before)", 1), ("a seed's rates (batched)", None)):
             files = [path for path, _ in jobs_for(config, per_job, root, f"w{per_job}")]
-            out = subprocess.run([sys.executable, __file__, "--worker", str(files[0]),
-                                  "--threads", str(args.threads)],
-                                 check=True, capture_output=True, text=True).stdout  # fmt: skip
-            runs, wall, spent = json.loads(out.strip().splitlines()[-1])
+            worker = subprocess.run([sys.executable, __file__, "--worker", str(files[0]),
+                                     "--threads", str(args.threads), "--device", args.device],
+                                    capture_output=True, text=True)  # fmt: skip
+            if worker.returncode:
+                raise SystemExit(f"the {label!r} job failed:\n{worker.stderr[-3000:]}")
+            runs, wall, spent = json.loads(worker.stdout.strip().splitlines()[-1])
             other = wall - sum(spent.values())
             cells = [f"{spent.get(s, 0.0):.2f}" for s in STAGES] + [f"{other:.2f}"]
             print(f"{label:<28}{runs:>5}{wall + startup:>9.1f}{(wall + startup) / runs:>8.2f}  "
