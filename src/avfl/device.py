@@ -273,8 +273,9 @@ def doctor_report() -> tuple[str, bool]:
         lines.append(f"GPU {gpu.index}          {gpu.name}, {cap}, {memory}, {gpu.uuid}: "
                      + {True: "this torch runs on it", False: "this torch has no code for it",
                         None: "capability unknown"}[runs])  # fmt: skip
-    lines.append(f"CUDA_VISIBLE_DEVICES {facts.cuda_visible_devices if facts.cuda_visible_devices is not None else '(unset)'}"
-                 f" -> visible: {', '.join(facts.visible) or 'none'}")  # fmt: skip
+    env = facts.cuda_visible_devices
+    lines.append(f"visible        {', '.join(facts.visible) or 'none'} (CUDA_VISIBLE_DEVICES "
+                 f"{'unset' if env is None else repr(env)})")  # fmt: skip
     problem = cuda_problem(facts)
     available = None
     if problem is None:
@@ -305,7 +306,8 @@ def doctor_report() -> tuple[str, bool]:
                  "jobs set federated.float32_precision)")  # fmt: skip
     ok = problem is None
     lines.append("verdict        " + ("GPU jobs can run here" if ok else
-                 "GPU jobs would fail here; CPU jobs (federated.device: cpu) run"))  # fmt: skip
+                 "GPU jobs would fail here; jobs that ask for no GPU run (federated.device: cpu, "
+                 "or auto with parameter-free backbones)"))  # fmt: skip
     return "\n".join(lines) + "\n", ok
 
 

@@ -44,6 +44,8 @@ def weighted_average(
     gpu = device.type == "cuda"
     for update in updates:
         mine = [n for n in names if n in update.state and update.state[n].is_floating_point()]
+        if not mine:
+            continue
         values = [update.state[n] for n in mine]
         if gpu:  # one same-dtype list: the fused kernels' fast path
             values64 = _zeros64(values)
