@@ -139,6 +139,7 @@ def test_not_an_annotation_file(tmp_path):
         activitynet.read_annotations(bad)
 
 
+@pytest.mark.slow
 def test_workflow_acquires_extracts_and_partitions_activitynet(tmp_path, served):
     import yaml
 

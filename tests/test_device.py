@@ -111,6 +111,7 @@ def test_float32_precision_is_set_explicitly():
         set_float32_precision("ieee")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
 def test_doctor_runs_here_and_says_there_is_no_gpu():
     done = subprocess.run(

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from .conftest import REPO, TINY_EXTRACT, VENV_BIN
@@ -26,6 +27,7 @@ def run(cwd: Path, *cmd: str) -> subprocess.CompletedProcess:
     return done
 
 
+@pytest.mark.slow
 def test_push_then_pull_into_a_fresh_checkout_needs_no_extraction(tmp_path: Path):
     origin, fresh, remote = tmp_path / "origin", tmp_path / "fresh", tmp_path / "remote"
     origin.mkdir()

@@ -79,6 +79,7 @@ def test_no_gpu_means_no_slot(monkeypatch, tmp_path):
         assert slot is None
 
 
+@pytest.mark.slow
 def test_concurrent_jobs_get_distinct_gpus(tmp_path: Path):
     records = workers(tmp_path, 6, {"CUDA_VISIBLE_DEVICES": "0,1"})
     assert {r["gpu"] for r in records} == {"0", "1"}  # both GPUs used
@@ -87,11 +88,13 @@ def test_concurrent_jobs_get_distinct_gpus(tmp_path: Path):
         assert most_at_once([(r["start"], r["end"]) for r in records if r["gpu"] == gpu]) == 1
 
 
+@pytest.mark.slow
 def test_jobs_per_device_lets_that_many_share_a_gpu(tmp_path: Path):
     records = workers(tmp_path, 5, {"CUDA_VISIBLE_DEVICES": "0", "AVFL_GPU_JOBS_PER_DEVICE": "2"})
     assert most_at_once([(r["start"], r["end"]) for r in records]) == 2
 
 
+@pytest.mark.slow
 def test_a_killed_job_releases_its_gpu(tmp_path: Path):
     env = {**os.environ, **NO_SLURM, "CUDA_VISIBLE_DEVICES": "0"}
     holder = subprocess.Popen(
@@ -199,6 +202,7 @@ def _embed(tiny_training, tmp_path, env, gpu: bool):
     return done, (np.load(out) if out.exists() else None)
 
 
+@pytest.mark.slow
 def test_gpu_jobs_take_a_slot_and_cpu_jobs_do_not(tmp_path: Path, tiny_training):
     """The embed and train commands hold a slot exactly when their job asked for a GPU; on
     stand-in GPUs (the test clusters' fake devices) such a job computes on the CPU and says so."""
@@ -229,6 +233,7 @@ def test_gpu_jobs_take_a_slot_and_cpu_jobs_do_not(tmp_path: Path, tiny_training)
     assert "GPU: CUDA_VISIBLE_DEVICES=3 (slot 0 of index3" in train.stderr
 
 
+@pytest.mark.slow
 def test_a_gpu_job_without_a_usable_gpu_fails_at_once(tmp_path: Path, tiny_training):
     """No silent fallback: the rule asked for a GPU, none works, the job stops (exit 2) with
     the reason and the fix, and writes nothing."""

@@ -202,6 +202,7 @@ def test_other_seed_gives_other_clients_same_seed_same_clients():
     assert a == b and a["clients"] != c["clients"]
 
 
+@pytest.mark.slow
 def test_cli_writes_identical_bytes_for_the_same_seed(tmp_path: Path):
     rows = make_rows(n_classes=5, n_groups=25, clips_per_group=2)
     write_manifest(tmp_path / "manifest.tsv", rows)
@@ -226,6 +227,7 @@ def test_cli_writes_identical_bytes_for_the_same_seed(tmp_path: Path):
     assert record["stats"]["samples"]["min"] >= SETTINGS["min_client_size"]
 
 
+@pytest.mark.slow
 def test_cli_reports_impossible_request(tmp_path: Path):
     write_manifest(
         tmp_path / "manifest.tsv", make_rows(n_classes=2, n_groups=25, clips_per_group=1)

@@ -186,6 +186,7 @@ def test_generation_is_deterministic(tmp_path, generated):
     assert _digest(tmp_path) == _digest(generated[0])
 
 
+@pytest.mark.slow
 def test_same_bytes_on_one_blas_thread(tmp_path, generated):
     """The matrix products must not depend on the thread count the workflow happens to give."""
     code = (

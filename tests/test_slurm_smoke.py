@@ -9,7 +9,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from .slurm_cluster import Cluster
+
+pytestmark = pytest.mark.slow  # a SLURM cluster
 
 
 def wait_for_job(cluster: Cluster, job_id: str, timeout: float = 60) -> str:

@@ -119,6 +119,7 @@ def _cli(job, gpu: bool = False) -> list[str]:
     return [sys.executable, "-m", "avfl", "train", "--job", json.dumps(spec)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damaged", [False, True])
 def test_killed_job_resumes_to_the_same_metrics(tiny_training, tmp_path, damaged):
     """Killed mid-run, the job resumes from its checkpoint; with that checkpoint cut short
@@ -159,6 +160,7 @@ def test_killed_job_resumes_to_the_same_metrics(tiny_training, tmp_path, damaged
     assert stable(resumed) == stable(json.loads(json.dumps(whole)))
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_consumed_run_in_one_line(tiny_training, tmp_path):
     job = tiny_job(
         tiny_training, tmp_path / "mm", "modalitymirror", consumes={"multifl": tmp_path / "nowhere"}
@@ -168,6 +170,7 @@ def test_cli_reports_a_missing_consumed_run_in_one_line(tiny_training, tmp_path)
     assert "run multifl first" in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["cut short", "a byte flipped in a tensor"])
 def test_cli_reports_an_unreadable_consumed_model_in_one_line(tiny_training, tmp_path, damage):
     """A damaged model.pt of a consumed run stops the consumer with the fix, also when
@@ -189,6 +192,7 @@ def test_cli_reports_an_unreadable_consumed_model_in_one_line(tiny_training, tmp
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow
 def test_cli_keeps_the_traceback_of_a_bug(tiny_training, tmp_path):
     spec = json.loads(_cli(tiny_job(tiny_training, tmp_path, "multifl"))[-1])
     spec["settings"]["federated"]["local_epochs"] = (

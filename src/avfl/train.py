@@ -410,7 +410,8 @@ def versions() -> dict[str, str]:
     torchaudio only to read their versions would cost every job a second)."""
     from importlib.metadata import PackageNotFoundError, version
 
-    found = {"avfl": avfl.__version__, "python": platform.python_version(), "torch": torch.__version__,
+    found = {"avfl": avfl.__version__, "code": avfl.code_version(),
+             "python": platform.python_version(), "torch": torch.__version__,
              "numpy": np.__version__}  # fmt: skip
     for name in ("torchaudio", "torchvision", "scikit-learn", "snakemake"):
         try:

@@ -15,7 +15,9 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, (SRC, os.environ.get("PYTHONPATH")))))
 # `python` in a job is the interpreter running Snakemake (a virtual environment need not be
 # activated); with --sdm conda, Snakemake puts the job's environment first on PATH instead.
-os.environ.update(PATH=os.pathsep.join(filter(None, (os.path.dirname(sys.executable), os.environ.get("PATH")))))
+os.environ.update(
+    PATH=os.pathsep.join(filter(None, (os.path.dirname(sys.executable), os.environ.get("PATH"))))
+)
 
 from avfl.config import validate_config  # noqa: E402
 from avfl.errors import UserError  # noqa: E402

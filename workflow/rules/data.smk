@@ -4,19 +4,19 @@
 rule generate_synthetic:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
-    params:
-        settings=lambda w: json.dumps(DATASETS[w.dataset]["synthetic"], sort_keys=True),
-    wildcard_constraints:
-        dataset=one_of(datasets_from("synthetic")),
     log:
         "results/logs/{dataset}/generate.log",
     benchmark:
         "results/benchmarks/{dataset}/generate.tsv"
+    wildcard_constraints:
+        dataset=one_of(datasets_from("synthetic")),
+    conda:
+        ENV
     threads: 2
     resources:
         mem_mb=2000,
-    conda:
-        ENV
+    params:
+        settings=lambda w: json.dumps(DATASETS[w.dataset]["synthetic"], sort_keys=True),
     shell:
         "python -m avfl generate --settings {params.settings:q} --out {output} "
         "--threads {threads} 2> {log}"
@@ -25,17 +25,17 @@ rule generate_synthetic:
 rule import_source_dir:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
-    params:
-        source=lambda w: DATASETS[w.dataset]["source_dir"],
-    wildcard_constraints:
-        dataset=one_of(datasets_from("ucf101", copy=True)),
     log:
         "results/logs/{dataset}/import.log",
+    wildcard_constraints:
+        dataset=one_of(datasets_from("ucf101", copy=True)),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
-    conda:
-        ENV
+    params:
+        source=lambda w: DATASETS[w.dataset]["source_dir"],
     shell:
         "python -m avfl import-layout --source {params.source:q} --out {output} 2> {log}"
 
@@ -43,17 +43,17 @@ rule import_source_dir:
 rule import_cremad:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
-    params:
-        source=lambda w: DATASETS[w.dataset]["source_dir"],
-    wildcard_constraints:
-        dataset=one_of(datasets_from("cremad")),
     log:
         "results/logs/{dataset}/import.log",
+    wildcard_constraints:
+        dataset=one_of(datasets_from("cremad")),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
-    conda:
-        ENV
+    params:
+        source=lambda w: DATASETS[w.dataset]["source_dir"],
     shell:
         "python -m avfl import-cremad --source {params.source:q} --out {output} 2> {log}"
 
@@ -61,19 +61,19 @@ rule import_cremad:
 rule download_ucf101:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
-    params:
-        sources=lambda w: ucf101_sources(w.dataset),
-        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
-    wildcard_constraints:
-        dataset=one_of(datasets_from("ucf101", copy=False)),
     log:
         "results/logs/{dataset}/download.log",
+    wildcard_constraints:
+        dataset=one_of(datasets_from("ucf101", copy=False)),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=600,
-    conda:
-        ENV
+    params:
+        sources=lambda w: ucf101_sources(w.dataset),
+        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
     shell:
         "python -m avfl download-ucf101 --downloads {params.downloads} --out {output} "
         "--sources {params.sources:q} 2> {log}"
@@ -82,19 +82,25 @@ rule download_ucf101:
 rule download_activitynet:
     output:
         directory(f"{DATA}/raw/{{dataset}}"),
-    params:
-        settings=lambda w: json.dumps({**DATASETS[w.dataset]["download"], "source_dir": DATASETS[w.dataset].get("source_dir")}, sort_keys=True),
-        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
-    wildcard_constraints:
-        dataset=one_of(datasets_from("activitynet")),
     log:
         "results/logs/{dataset}/download.log",
+    wildcard_constraints:
+        dataset=one_of(datasets_from("activitynet")),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=2880,
-    conda:
-        ENV
+    params:
+        settings=lambda w: json.dumps(
+            {
+                **DATASETS[w.dataset]["download"],
+                "source_dir": DATASETS[w.dataset].get("source_dir"),
+            },
+            sort_keys=True,
+        ),
+        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
     shell:
         "python -m avfl download-activitynet --downloads {params.downloads} --out {output} "
         "--settings {params.settings:q} 2> {log}"
@@ -108,20 +114,20 @@ rule extract_features:
         frames=f"{DATA}/features/{{dataset}}/frames.npy",
         fbank=f"{DATA}/features/{{dataset}}/fbank.npy",
         norm_stats=f"{DATA}/features/{{dataset}}/norm_stats.json",
-    params:
-        settings=lambda w: json.dumps(DATASETS[w.dataset]["extract"], sort_keys=True),
-        out=lambda w, output: os.path.dirname(output.manifest),
-    wildcard_constraints:
-        dataset=one_of([d for d in DATASETS if DATASETS[d]["source"] != "rehearsal"]),
     log:
         "results/logs/{dataset}/extract.log",
     benchmark:
         "results/benchmarks/{dataset}/extract.tsv"
+    wildcard_constraints:
+        dataset=one_of([d for d in DATASETS if DATASETS[d]["source"] != "rehearsal"]),
+    conda:
+        ENV
     threads: 8  # Snakemake lowers it to --cores where fewer are given
     resources:
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        settings=lambda w: json.dumps(DATASETS[w.dataset]["extract"], sort_keys=True),
+        out=lambda w, output: os.path.dirname(output.manifest),
     shell:
         "python -m avfl extract --raw {input.raw} --out {params.out} "
         "--settings {params.settings:q} --threads {threads} 2> {log}"
@@ -136,20 +142,26 @@ for _name in datasets_from("rehearsal"):
             manifest=f"{DATA}/features/{_name}/manifest.tsv",
             norm_stats=f"{DATA}/features/{_name}/norm_stats.json",
             embeddings=rehearsal_embeddings(_name),
-        params:
-            settings=json.dumps({"extract": DATASETS[_name]["extract"], **DATASETS[_name]["rehearsal"]}, sort_keys=True),
-            features=lambda w, output: os.path.dirname(output.manifest),
-            embeddings=lambda w, output: os.path.commonpath(list(output.embeddings)),
-            backbones=f"--audio-backbone {config['model']['audio']['backbone']} --visual-backbone {config['model']['visual']['backbone']}",
         log:
             f"results/logs/{_name}/generate.log",
         benchmark:
             f"results/benchmarks/{_name}/generate.tsv"
+        conda:
+            ENV
         threads: 1
         resources:
             mem_mb=2000,
-        conda:
-            ENV
+        params:
+            settings=json.dumps(
+                {
+                    "extract": DATASETS[_name]["extract"],
+                    **DATASETS[_name]["rehearsal"],
+                },
+                sort_keys=True,
+            ),
+            features=lambda w, output: os.path.dirname(output.manifest),
+            embeddings=lambda w, output: os.path.commonpath(list(output.embeddings)),
+            backbones=f"--audio-backbone {config['model']['audio']['backbone']} --visual-backbone {config['model']['visual']['backbone']}",
         shell:
             "python -m avfl generate-rehearsal --settings {params.settings:q} {params.backbones} "
             "--features {params.features} --embeddings {params.embeddings} 2> {log}"

@@ -8,15 +8,15 @@ rule partition:
         json="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}.json",
         stats="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}_stats.tsv",
         heatmap="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}_heatmap.png",
-    params:
-        settings=lambda w: PLAN.partition_settings(w.dataset, w.variant),
     log:
         "results/logs/{dataset}/partition_{variant}_fold{fold}_seed{seed}.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        ENV
+    params:
+        settings=lambda w: PLAN.partition_settings(w.dataset, w.variant),
     shell:
         "python -m avfl partition --manifest {input.manifest} --dataset {wildcards.dataset} "
         "--fold {wildcards.fold} --seed {wildcards.seed} --settings {params.settings:q} "

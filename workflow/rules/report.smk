@@ -12,11 +12,11 @@ rule collect:
         f"{REPORT}/runs.csv",
     log:
         f"results/logs/report/{PLAN.name}/collect.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=500,
-    conda:
-        ENV
     shell:
         "python -m avfl collect --metrics {input} --out {output} 2> {log}"
 
@@ -26,29 +26,46 @@ rule report:
         PLAN.report_runs(),
     output:
         table1=[
-            report(REPORT_FILES["table1"][0], caption="../report/table1.rst", category="Table 1"),
+            report(
+                REPORT_FILES["table1"][0],
+                caption="../report/table1.rst",
+                category="Table 1",
+            ),
             *REPORT_FILES["table1"][1:],
         ],
         fig2=[
             REPORT_FILES["fig2"][0],
-            report(REPORT_FILES["fig2"][1], caption="../report/fig2.rst", category="Figure 2"),
+            report(
+                REPORT_FILES["fig2"][1],
+                caption="../report/fig2.rst",
+                category="Figure 2",
+            ),
             REPORT_FILES["fig2"][2],
         ],
         fig3=[
             REPORT_FILES["fig3"][0],
-            report(REPORT_FILES["fig3"][1], caption="../report/fig3.rst", category="Figure 3"),
+            report(
+                REPORT_FILES["fig3"][1],
+                caption="../report/fig3.rst",
+                category="Figure 3",
+            ),
             REPORT_FILES["fig3"][2],
         ],
-        extra=[f for key, files in REPORT_FILES.items() if key not in ("table1", "fig2", "fig3") for f in files],
-    params:
-        settings=PLAN.report_settings(),
-        out=lambda w, output: os.path.dirname(output.table1[0]),
+        extra=[
+            f
+            for key, files in REPORT_FILES.items()
+            if key not in ("table1", "fig2", "fig3")
+            for f in files
+        ],
     log:
         f"results/logs/report/{PLAN.name}/report.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        ENV
+    params:
+        settings=PLAN.report_settings(),
+        out=lambda w, output: os.path.dirname(output.table1[0]),
     shell:
         "python -m avfl report --metrics {input} --settings {params.settings:q} --out {params.out} > {log} 2>&1"

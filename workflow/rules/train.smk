@@ -9,22 +9,22 @@ rule embed_audio:
         embeddings=f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.npy",
         # Where and how they were computed: device, float32 precision, library versions.
         provenance=f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.json",
-    params:
-        settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "audio"),
-        features=lambda w, input: os.path.dirname(input.fbank),
-    wildcard_constraints:
-        dataset=one_of(datasets_from("synthetic", "ucf101", "activitynet", "cremad")),
     log:
         "results/logs/{dataset}/embed_audio_{variant}_{backbone}_fold{fold}.log",
     benchmark:
         "results/benchmarks/{dataset}/embed_audio_{variant}_{backbone}_fold{fold}.tsv"
+    wildcard_constraints:
+        dataset=one_of(datasets_from("synthetic", "ucf101", "activitynet", "cremad")),
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=lambda w: int(PLAN.needs_gpu(w.variant, "audio")),
         mem_mb=8000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "audio"),
+        features=lambda w, input: os.path.dirname(input.fbank),
     shell:
         "python -m avfl embed --features {params.features} --modality audio --fold {wildcards.fold} "
         "--settings {params.settings:q} --out {output.embeddings} 2> {log}"
@@ -37,22 +37,22 @@ rule embed_visual:
         embeddings=f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.npy",
         # Where and how they were computed: device, float32 precision, library versions.
         provenance=f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.json",
-    params:
-        settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "visual"),
-        features=lambda w, input: os.path.dirname(input.frames),
-    wildcard_constraints:
-        dataset=one_of(datasets_from("synthetic", "ucf101", "activitynet", "cremad")),
     log:
         "results/logs/{dataset}/embed_visual_{variant}_{backbone}.log",
     benchmark:
         "results/benchmarks/{dataset}/embed_visual_{variant}_{backbone}.tsv"
+    wildcard_constraints:
+        dataset=one_of(datasets_from("synthetic", "ucf101", "activitynet", "cremad")),
+    conda:
+        ENV
     threads: 2
     resources:
         gpu=lambda w: int(PLAN.needs_gpu(w.variant, "visual")),
         mem_mb=8000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        settings=lambda w: PLAN.embed_settings(w.dataset, w.variant, "visual"),
+        features=lambda w, input: os.path.dirname(input.frames),
     shell:
         "python -m avfl embed --features {params.features} --modality visual "
         "--settings {params.settings:q} --out {output.embeddings} 2> {log}"
@@ -71,15 +71,15 @@ for _job in PLAN.jobs:
         output:
             metrics=[run.metrics for run in _job.runs],
             models=[run.model for run in _job.runs],
-        params:
-            job=_job.spec(),
         log:
             f"results/logs/{_job.dataset}/train/{_job.name}.log",
         benchmark:
             f"results/benchmarks/{_job.dataset}/train/{_job.name}.tsv"
+        priority: _job.priority
         group:
             _job.group  # GPU jobs: none (a group job would sum its jobs' GPUs), see TrainJob.group
-        priority: _job.priority
+        conda:
+            ENV
         # A GPU job's own CPU work (BMSFed's selection, the references' linear probes) gets a
         # second core; a CPU job trains on one (several jobs share the machine).
         threads: 2 if _job.gpu else 1
@@ -87,7 +87,7 @@ for _job in PLAN.jobs:
             gpu=int(_job.gpu),
             mem_mb=2000 + 500 * len(_job.runs),
             runtime=240,
-        conda:
-            ENV
+        params:
+            job=_job.spec(),
         shell:
             "python -m avfl train --job {params.job:q} --threads {threads} 2> {log}"
