@@ -161,3 +161,28 @@ def test_jobs_are_prioritised_by_their_longest_chain():
         assert ref.priority == 100
         assert bms.cost == 3 * unifl.cost and multi.cost == unifl.cost == mm.cost
         assert ref.priority > bms.priority > multi.priority > unifl.priority == mm.priority
+
+
+def test_a_report_folder_of_other_datasets_is_refused_before_any_job(tmp_path):
+    """An overlay that changes the datasets but keeps the experiment name would write its report
+    over the other configuration's: refused, naming experiment.name; the same datasets (a
+    changed setting of the same experiment) are not."""
+    import json
+
+    from avfl.errors import UserError
+
+    mine = plan(experiment={"name": "shared"})
+    folder = tmp_path / mine.report_dir()
+    folder.mkdir(parents=True)
+    (folder / "experiment.json").write_text(json.dumps(mine.report_identity()))
+    mine.check_report_folder(tmp_path)
+    plan(experiment={"name": "shared"}, partition={"alpha": 3.0}).check_report_folder(tmp_path)
+    other = dict(
+        mine.report_identity(), datasets={"synthetic": {"source": "synthetic", "source_dir": None}}
+    )
+    (folder / "experiment.json").write_text(json.dumps(other))
+    with pytest.raises(
+        UserError, match=r"holds the report of experiment 'shared' on synthetic.*experiment\.name"
+    ):
+        mine.check_report_folder(tmp_path)
+    plan(experiment={"name": "mine"}).check_report_folder(tmp_path)  # its own folder

@@ -99,3 +99,27 @@ def test_figure3_draws_every_method_and_the_reference_lines(tmp_path):
         ["centralised"],
     )
     assert (tmp_path / "f.pdf").read_bytes() == first  # no timestamps: the same bytes on rerun
+
+
+def test_captions_say_what_the_runs_hold():
+    from avfl.report import captions
+
+    rows = tables.table1_rows(
+        {"synthetic": RUNS}, {"synthetic": "top1"}, [0.5], ["multifl", "harmony"], ["centralised"]
+    )
+    notes = tables.budget_notes(RUNS, ["multifl", "harmony"])
+    text = captions.table1_caption(
+        RUNS, rows, {"synthetic": "top1"}, [0.5], notes, ["multifl", "harmony"]
+    )
+    assert "video-missing rate (50 %)" in text and "from 2, 4 runs per cell" in text
+    assert (
+        "synthetic: 8 runs of MultiFL, Harmony at video-missing rates 50 %, folds 1, 2, seeds 0, 1"
+        in text
+    )
+    assert "failed the learning-health check" in text and "- MultiFL: 10 client trainings" in text
+    healthy = [r for r in RUNS if r["health"]["ok"]]
+    rows = tables.table1_rows({"synthetic": healthy}, {"synthetic": "top1"}, [0.5], ["multifl"], [])
+    assert "learning-health" not in captions.table1_caption(
+        healthy, rows, {"synthetic": "top1"}, [0.5], []
+    )
+    assert "rate (10 %, 50 %)" in captions.figure3_caption(RUNS, {"synthetic": "top1"}, [0.1, 0.5])

@@ -75,6 +75,13 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
         tmp_path, "--report", str(tmp_path / "report.html"), "--configfile", str(config)
     )
     assert html.returncode == 0 and (tmp_path / "report.html").stat().st_size > 10_000
+    page = " ".join((tmp_path / "report.html").read_text().replace("\\n", " ").split())
+    # The captions say what ran, not what the config left unset.
+    assert "methods unifl, multifl, harmony, modalitymirror" in page and "methods None" not in page
+    assert (
+        "video-missing rate (50 %)" in page
+        and "20 runs of UniFL, MultiFL, Harmony, ModalityMirror at video-missing rates 50 %" in page
+    )
     runs_csv = (report / "runs.csv").read_text().splitlines()
     # folds x seeds x (UniFL, MultiFL, ModalityMirror: audio + av; Harmony: audio; centralised: 5 models)
     assert len(runs_csv) == 1 + 2 * 2 * (3 * 2 + 1 + 5)
@@ -154,6 +161,23 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
     # Running another experiment invalidated nothing of the first one.
     after = snakemake(tmp_path, "all", "-n", "--configfile", str(config))
     assert after.returncode == 0 and "Nothing to be done" in after.stdout + after.stderr
+
+    # Other datasets under the same experiment name (an overlay that points at a copy through
+    # source_dir and keeps the name) would replace its report: refused before any job.
+    other = yaml.safe_load(config.read_text())
+    other["run_datasets"] = ["mine"]
+    other["datasets"]["mine"] = {"source": "ucf101", "source_dir": str(tmp_path / "data/raw/tiny"),
+                                 "folds": [1, 2], "extract": other["datasets"]["tiny"]["extract"]}  # fmt: skip
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(other))
+    refused = snakemake(tmp_path, "all", "-n", "--configfile", str(tmp_path / "o.yaml"))
+    assert refused.returncode != 0
+    assert "holds the report of experiment 'tiny' on tiny" in refused.stderr + refused.stdout
+    assert "experiment.name" in refused.stderr + refused.stdout
+    other["experiment"]["name"] = "mine"
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(other))
+    own = snakemake(tmp_path, "all", "-n", "--configfile", str(tmp_path / "o.yaml"))
+    assert own.returncode == 0 and "results/report/mine/table1.csv" in own.stdout
+    assert (report / "table1.csv").read_bytes() == before[report / "table1.csv"]
 
 
 def test_bad_config_is_rejected_before_any_job(tmp_path: Path):

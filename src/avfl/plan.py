@@ -20,9 +20,11 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from avfl.config import stable_hash, variant_configs
+from avfl.errors import UserError
 from avfl.methods import get_method, methods
 
 VIDEO_FEATURES = ("manifest.tsv", "frames.npy", "fbank.npy", "norm_stats.json")
@@ -451,10 +453,46 @@ class Plan:
             }
         )
 
+    def report_identity(self) -> dict[str, Any]:
+        """What an experiment's report folder holds: its name and datasets (where their data
+        comes from). Another configuration with other datasets must not write over it."""
+        return {
+            "experiment": self.name,
+            "datasets": {
+                d: {
+                    "source": self.dataset(d)["source"],
+                    "source_dir": self.dataset(d).get("source_dir"),
+                }
+                for d in self.datasets
+            },
+        }
+
+    def check_report_folder(self, root: str | Path = ".") -> None:
+        """Refuse, before any job runs, to write this configuration's report over another's:
+        a config that sets other datasets but keeps the experiment name of the one it overlays
+        (an overlay with `source_dir`, say) would replace that report and invalidate it."""
+        marker = Path(root) / self.report_dir() / "experiment.json"
+        if not marker.exists():
+            return
+        try:
+            found = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            return  # a damaged marker: the report rule rewrites it
+        if found.get("datasets") == self.report_identity()["datasets"]:
+            return
+        theirs = ", ".join(sorted(found.get("datasets", {}))) or "unknown datasets"
+        raise UserError(
+            f"{self.report_dir()}/ holds the report of experiment '{self.name}' on {theirs}, and "
+            f"this configuration reports {', '.join(self.datasets)}: give it its own folder with "
+            f"experiment.name in your config file (experiment: {{name: <a new name>}}), or delete "
+            f"{self.report_dir()}/ to replace that report"
+        )
+
     def report_settings(self) -> str:
         exp = self.experiment
         return json.dumps(
             {
+                "identity": self.report_identity(),
                 "datasets": {d: self.dataset(d)["report_metric"] for d in self.datasets},
                 "table1_rates": exp["table1_rates"], "figure2_rate": exp["figure2_rate"],
                 "figure3_rates": exp["figure3_rates"], "methods": self.methods,
@@ -486,6 +524,8 @@ class Plan:
             "table1": [f"{out}/table1.{e}" for e in REPORT_TABLES],
             "fig2": [f"{out}/fig2_label_f1.{e}" for e in FIGURE_FORMATS],
             "fig3": [f"{out}/fig3_missing_rate.{e}" for e in FIGURE_FORMATS],
+            "captions": [f"{out}/captions/{name}.rst" for name in ("table1", "fig2", "fig3")],
+            "identity": [f"{out}/experiment.json"],
         }
         if len(self.variants) > 1:
             files["ablations"] = [f"{out}/ablations.{e}" for e in REPORT_TABLES]

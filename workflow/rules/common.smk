@@ -26,10 +26,14 @@ from avfl.plan import Plan  # noqa: E402
 try:
     _validated = validate_config(config)
     PLAN = Plan(_validated)
+    PLAN.check_report_folder()
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 config.clear()
 config.update(_validated)
+# What ran, for the report's front page (workflow/report/workflow.rst): null means every
+# registered method.
+config["experiment"]["methods"] = PLAN.methods
 # How GPU jobs share the GPUs (avfl/gpu.py): jobs inherit these, and no job's params carry
 # them, so changing them reruns nothing.
 os.environ.update(AVFL_GPU_JOBS_PER_DEVICE=str(config["gpu"]["jobs_per_device"]))

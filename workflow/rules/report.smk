@@ -5,6 +5,11 @@ REPORT = PLAN.report_dir()
 REPORT_FILES = PLAN.report_files()
 
 
+def caption(name):
+    """The caption the report rule writes from what the run holds (avfl/report/captions.py)."""
+    return os.path.abspath(f"{REPORT}/captions/{name}.rst")
+
+
 rule collect:
     input:
         PLAN.report_runs(),
@@ -28,7 +33,7 @@ rule report:
         table1=[
             report(
                 REPORT_FILES["table1"][0],
-                caption="../report/table1.rst",
+                caption=caption("table1"),
                 category="Table 1",
             ),
             *REPORT_FILES["table1"][1:],
@@ -37,7 +42,7 @@ rule report:
             REPORT_FILES["fig2"][0],
             report(
                 REPORT_FILES["fig2"][1],
-                caption="../report/fig2.rst",
+                caption=caption("fig2"),
                 category="Figure 2",
             ),
             REPORT_FILES["fig2"][2],
@@ -46,7 +51,7 @@ rule report:
             REPORT_FILES["fig3"][0],
             report(
                 REPORT_FILES["fig3"][1],
-                caption="../report/fig3.rst",
+                caption=caption("fig3"),
                 category="Figure 3",
             ),
             REPORT_FILES["fig3"][2],

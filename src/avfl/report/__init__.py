@@ -27,7 +27,8 @@ def write_reports(
     metrics: Iterable[str | Path], settings: Mapping[str, Any], out: str | Path
 ) -> str:
     """Write every report file into `out`; returns Table 1 in Markdown (for the log)."""
-    from avfl.report import figures, tables
+    from avfl.records import write_json
+    from avfl.report import captions, figures, tables
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,6 +51,20 @@ def write_reports(
     lines = figures.figure3(default, datasets, settings["figure3_rates"], methods,
                             [out / f"fig3_missing_rate.{e}" for e in FIGURE_FORMATS], references)  # fmt: skip
     markdown_log = markdown + "\nFigure 3 lines: " + "; ".join(lines) + "\n"
+    shown = [r for d in datasets for r in default[d]]
+    (out / "captions").mkdir(exist_ok=True)
+    (out / "captions/table1.rst").write_text(
+        captions.table1_caption(shown, rows, datasets, rates, notes, methods)
+    )
+    (out / "captions/fig2.rst").write_text(
+        captions.figure2_caption(settings["figure2_rate"], datasets)
+    )
+    (out / "captions/fig3.rst").write_text(
+        captions.figure3_caption(shown, datasets, settings["figure3_rates"], methods)
+    )
+    # What this folder reports: the workflow refuses to write another configuration's report
+    # over it (avfl.plan.Plan.check_report_folder).
+    write_json(out / "experiment.json", settings["identity"])
     if len(settings["variants"]) > 1:
         ablation = []
         for d in datasets:
