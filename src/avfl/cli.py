@@ -185,6 +185,23 @@ def cmd_doctor(args) -> int:
     return 0 if ok or not args.require_gpu else 1
 
 
+def cmd_docs(args) -> int:
+    from avfl import docs
+
+    for report in args.snapshot or []:
+        _log(f"snapshot of {report} in {docs.snapshot(Path(report))}")
+    if args.check:
+        stale = docs.stale()
+        for path in stale:
+            print(f"stale: {path.relative_to(docs.REPO)}")
+        if stale:
+            print("run `python -m avfl docs` to regenerate them")
+        return 1 if stale else 0
+    for path in docs.write():
+        print(f"wrote {path.relative_to(docs.REPO)}")
+    return 0
+
+
 def cmd_methods(args) -> None:
     from avfl.methods import registry
 
@@ -336,6 +353,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--require-gpu", action="store_true",
                    help="exit 1 when GPU jobs could not run here")  # fmt: skip
+
+    p = command(
+        "docs",
+        cmd_docs,
+        "write the generated documentation (config reference, method pages, performance)",
+    )
+    p.add_argument("--check", action="store_true", help="list what is stale, write nothing")
+    p.add_argument("--snapshot", nargs="+", metavar="REPORT_DIR",
+                   help="first copy these reports (results/report/<experiment>) into docs/results/")  # fmt: skip
 
     command(
         "methods",
