@@ -8,6 +8,9 @@ per run in the real one with its three stores). Default 10 runs, about 800 MB; a
 checkpoint is 4.3 GB.
 
     python benchmarks/checkpoint_io.py [--runs 10] [--clients 100] [--row 200000] [--dir /tmp]
+                                       [--no-record]
+
+The figures go into a record under benchmarks/results/checkpoint_io/ (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import record as benchmark_record
 import torch
 
 from avfl.records import fingerprint, save_torch, verify_checksum, with_checksum
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--row", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
     configure_training_process()
     generator = torch.Generator().manual_seed(0)
@@ -70,6 +75,21 @@ def main() -> None:
     print(f"save, with checksum      {checked:6.2f} s  (+{checked - plain:.2f} s)")
     print(f"load, no checksum        {load_plain:6.2f} s")
     print(f"load and verify          {load_checked:6.2f} s  (+{load_checked - load_plain:.2f} s)")
+    if args.record:
+        figures = {
+            "settings": {"runs": args.runs, "clients": args.clients, "row": args.row,
+                         "repeat": args.repeat, "dir": args.dir},
+            "size_gb": round(size / 1e9, 4),
+            "fingerprint_s": round(digest, 4),
+            "fingerprint_gb_per_s": round(size / digest / 1e9, 4),
+            "save_no_checksum_s": round(plain, 4),
+            "save_with_checksum_s": round(checked, 4),
+            "save_checksum_cost_s": round(checked - plain, 4),
+            "load_no_checksum_s": round(load_plain, 4),
+            "load_and_verify_s": round(load_checked, 4),
+            "load_checksum_cost_s": round(load_checked - load_plain, 4),
+        }  # fmt: skip
+        benchmark_record.write("checkpoint_io", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

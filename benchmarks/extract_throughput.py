@@ -6,6 +6,9 @@ embedded dataset whose video resembles UCF101's (320x240, 25 fps, 4-10 s).
 
     python benchmarks/extract_throughput.py                # UCF101-like synthetic clips
     python benchmarks/extract_throughput.py --raw data/raw/synthetic --limit 200
+
+The figures go into a record under benchmarks/results/extract_throughput/
+(benchmarks/record.py; `--no-record` skips it).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import record as benchmark_record
 import torch
 
 from avfl.config import validate_config
@@ -71,8 +75,10 @@ def main() -> None:
     )
     parser.add_argument("--limit", type=int, default=100, help="clips to time")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many passes")
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    generated = None
     with tempfile.TemporaryDirectory() as tmp:
         raw = args.raw
         if raw is None:
@@ -87,6 +93,8 @@ def main() -> None:
             raw = Path(tmp)
             start = time.perf_counter()
             summary = synthetic.generate(settings, raw, workers=2, progress=False)
+            generated = {"clips": summary["clips"], "seconds": round(time.perf_counter() - start, 3),
+                         "settings": UCF101_LIKE, "workers": 2}  # fmt: skip
             print(
                 f"generated {summary['clips']} UCF101-like clips (320x240, 25 fps, 4-10 s) in {time.perf_counter() - start:.1f} s"
             )
@@ -106,6 +114,18 @@ def main() -> None:
     print(f"middle frame, decode-everything:{full:8.1f} clips/s")
     print(f"speed-up of seeking:            {seek / full:8.2f} x")
     print(f"full clip extraction (frame 224 + fbank 512x128): {clip:6.1f} clips/s per process")
+    if args.record:
+        figures = {
+            "settings": {"raw": str(args.raw) if args.raw else None, "limit": args.limit,
+                         "repeats": args.repeats, "threads": 1, "extraction": settings},
+            "generated": generated,
+            "clips_timed": len(paths),
+            "seek_clips_per_s": round(seek, 3),
+            "decode_all_clips_per_s": round(full, 3),
+            "seek_speedup_x": round(seek / full, 4),
+            "full_extraction_clips_per_s": round(clip, 3),
+        }  # fmt: skip
+        benchmark_record.write("extract_throughput", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,13 @@ machine: CPU model, cores, GPU, driver, torch build; the date; the code's versio
 `<out>` is $OUT where set, else benchmarks/results/ (or --out). The exit code is 0 unless a
 step that ran failed or timed out.
 
+Where GPU steps ran, the report (less the output tails) is also written as a benchmark
+record (benchmarks/record.py) under benchmarks/results/gpu_check/, and, when `<out>` is
+elsewhere, a copy at `<out>/benchmarks/results/gpu_check/` (so that $OUT brings it back, to
+be copied into the repository as is); `--no-record` skips both. Without CUDA nothing is
+written under benchmarks/results/gpu_check/. The benchmarks it starts run with `--no-record`:
+their figures are in this record.
+
     python benchmarks/gpu_check.py [--budget-s 540] [--dry-run] [--out DIR] [--only KEY ...]
 
 On the lent machine, as one command of the device tool (its $OUT comes back), with a
@@ -72,6 +79,8 @@ import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import record as benchmark_record  # the standard library only, torch left unimported here
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
@@ -404,7 +413,8 @@ def parse_figures(step: Step) -> dict:
 
 def plan(work: Path, n_cores: int, kernels_all: bool) -> list[Step]:
     py = sys.executable
-    grid = [py, "benchmarks/grid_speed.py", "--ways", "batched", "--rounds", str(ROUNDS)]
+    grid = [py, "benchmarks/grid_speed.py", "--ways", "batched", "--rounds", str(ROUNDS),
+            "--no-record"]  # fmt: skip
     config = ("avfl.config",)
 
     def grid_step(key, title, device, parallel, kernels, timeout, least):
@@ -425,16 +435,17 @@ def plan(work: Path, n_cores: int, kernels_all: bool) -> list[Step]:
         steps.append(grid_step(f"grid_cuda_p{n}", f"c{n}. batched sub-grid on the GPU, {n} processes share it",
                                "cuda", n, kernels_all, 90, 30))  # fmt: skip
     steps.append(Step("breakdown", "d. run_breakdown.py --device cuda (MultiFL)",
-                      [py, "benchmarks/run_breakdown.py", "--device", "cuda", "--rounds", str(ROUNDS)],
+                      [py, "benchmarks/run_breakdown.py", "--device", "cuda", "--rounds", str(ROUNDS),
+                       "--no-record"],
                       75, 25, needs=config))  # fmt: skip
     steps.append(Step("local_step", "e. local_step.py --device cuda",
                       [py, "benchmarks/local_step.py", "--device", "cuda", "--rows", "1", "16",
-                       "64", "128", "--repeats", "3"], 60, 15))  # fmt: skip
+                       "64", "128", "--repeats", "3", "--no-record"], 60, 15))  # fmt: skip
     steps.append(grid_step("grid_cpu", f"f. the same sub-grid on the CPUs, {cpu_parallel} processes",
                            "cpu", cpu_parallel, False, 120, 40))  # fmt: skip
     steps.append(Step("breakdown_bmsfed", "g. run_breakdown.py --device cuda --method bmsfed (time left)",
                       [py, "benchmarks/run_breakdown.py", "--device", "cuda", "--method", "bmsfed",
-                       "--rounds", str(ROUNDS)], 75, 30, needs=config, optional=True))  # fmt: skip
+                       "--rounds", str(ROUNDS), "--no-record"], 75, 30, needs=config, optional=True))  # fmt: skip
     return steps
 
 
@@ -595,6 +606,33 @@ def write_report(out_dir: Path, record: dict, steps: list[Step], notes: list[str
     return lines
 
 
+def write_record(out_dir: Path, report: dict, facts: dict, notes: str | None = None) -> Path:
+    """The report as a benchmark record (benchmarks/record.py), without the steps' output
+    tails; a copy under `<out_dir>/benchmarks/results/gpu_check/` where `<out_dir>` is not
+    benchmarks/results itself."""
+    figures = {key: report[key] for key in ("summary", "probe", "budget_s", "elapsed_s",
+                                            "cuda", "code", "pythonpath") if key in report}  # fmt: skip
+    figures["wheels"] = report.get("wheels", {}).get("wheels", [])
+    figures["steps"] = [{k: v for k, v in step.items() if k != "output_tail"}
+                        for step in report["steps"]]  # fmt: skip
+    machine = benchmark_record.machine(use_torch=False)
+    gpu = facts.get("gpu") or {}
+    smi = (report["machine"].get("nvidia_smi") or {}).get("gpus") or [{}]
+    machine |= {"torch": facts.get("torch"), "torch_cuda": facts.get("cuda_build"),
+                "python": facts.get("python") or machine["python"],
+                "gpu": gpu.get("name") or smi[0].get("name") or machine["gpu"],
+                "gpu_capability": gpu.get("capability"), "gpu_memory_gib": gpu.get("memory_gib"),
+                "driver": smi[0].get("driver"), "cudnn": facts.get("cudnn")}  # fmt: skip
+    notes = "; ".join(filter(None, [notes, *report["notes"]])) or None
+    path = benchmark_record.write("gpu_check", figures, notes=notes, machine_info=machine)
+    if out_dir.resolve() != benchmark_record.results_dir().resolve():
+        copy = out_dir / "benchmarks/results/gpu_check" / path.name
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+        print(f"record copy: {copy}")
+    return path
+
+
 # --- main --------------------------------------------------------------------------------------
 
 
@@ -608,6 +646,7 @@ def main() -> int:
     parser.add_argument("--only", nargs="+", metavar="KEY", help="run only these steps")
     parser.add_argument("--kernels-all", action="store_true",
                         help="profile the 2- and 4-process GPU runs too (doubles their time)")  # fmt: skip
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
     started = time.perf_counter()
     out_dir = Path(args.out or os.environ.get("OUT") or BENCH / "results")
@@ -753,6 +792,9 @@ def main() -> int:
     if probe_rc:
         notes.append(f"the facts probe exited {probe_rc}: {tail(probe_out, 500)}")
     lines = write_report(out_dir, record, steps, notes)
+    ran_on_gpu = [s.key for s in steps if s.gpu and s.status in ("ok", "failed", "timeout")]
+    if args.record and cuda and ran_on_gpu:
+        write_record(out_dir, record, facts, args.notes)
     shutil.rmtree(work, ignore_errors=True)
     if site:
         shutil.rmtree(site, ignore_errors=True)

@@ -28,7 +28,9 @@ so their kernels add up. It also prints the GPU-busy fraction, kernel seconds ov
 batched way's wall time (1 - that fraction: the share of wall the GPU waited on the hosts).
 
 `--json PATH` writes every figure printed, with the command line and the machine (device,
-torch, CPU model, cores, GPU, date, `git describe`), as one JSON object.
+torch, CPU model, cores, GPU, date, `git describe`), as one JSON object. Every run also writes
+its record, the same figures, under benchmarks/results/grid_speed/ (benchmarks/record.py;
+`--no-record` skips it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+
+import record as benchmark_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -305,6 +309,17 @@ def machine(device: str) -> dict:
     }  # fmt: skip
 
 
+def record_figures(record: dict) -> dict:
+    """The figures of a --json record as a benchmark record holds them: the speed-ups as the
+    lines print them ("speed-up over baseline" is the batched way's)."""
+    figures = {key: record[key] for key in ("settings", "ways", "kernels") if key in record}
+    names = {"batched": "speed_up_over_baseline_x", "engine": "engine_speed_up_over_baseline_x",
+             "kernels_allow": "kernels_allow_x"}  # fmt: skip
+    for key, value in record.get("speedups_over_baseline", {}).items():
+        figures[names[key]] = value
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -323,6 +338,7 @@ def main() -> None:
                              "cannot go below, and the speed-up that floor allows")  # fmt: skip
     parser.add_argument("--json", metavar="PATH",
                         help="also write every figure, the command and the machine as JSON")  # fmt: skip
+    benchmark_record.add_arguments(parser)
     parser.add_argument("--peer", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--profile", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -417,6 +433,8 @@ def main() -> None:
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
+    if args.record:
+        benchmark_record.write("grid_speed", record_figures(record), notes=args.notes)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ timer measures the launches only). There is no fallback: without a usable CUDA d
 stops with a one-line error.
 
     python benchmarks/local_step.py [--rows 1 16 64 128] [--threads 1] [--groups 16 4 1]
-                                    [--device cpu|cuda]
+                                    [--device cpu|cuda] [--no-record]
+
+The figures go into a record under benchmarks/results/local_step/ (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from __future__ import annotations
 import argparse
 import time
 from functools import partial
+
+import record as benchmark_record
 
 
 def main() -> None:
@@ -37,6 +41,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, nargs="*", default=[],
                         help="also train the written-out rows in groups of this many rows")  # fmt: skip
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
 
     import torch
@@ -72,7 +77,14 @@ def main() -> None:
     cfg = TrainSettings(local_epochs=1, batch_size=16, lr=5e-4, optimizer="adam",
                         weight_decay=0.0, eval_every=5, selection="best_dev", checkpoint_every=10)  # fmt: skip
     supports = stacked.supports
-    on = f", on {torch.cuda.get_device_name(device)} (synchronised timers)" if cuda else ""
+    gpu = torch.cuda.get_device_name(device) if cuda else None
+    on = f", on {gpu} (synchronised timers)" if cuda else ""
+    figures: dict = {
+        "settings": {"rows": args.rows, "threads": args.threads, "repeats": args.repeats,
+                     "groups": args.groups, "device": args.device, "gpu": gpu,
+                     "clips_per_client": 48, "batch_size": 16, "steps_per_client": 3},
+        "ms_per_row_step": {},
+    }  # fmt: skip
     print(f"ms per (row, step), {args.threads} thread(s), best of {args.repeats}{on}")
     groups_head = "".join(f" {'groups of ' + str(g):>13}" for g in args.groups)
     print(f"{'task':<6} {'rows':>5} {'autograd (vmap)':>16} {'written out':>12} {'ratio':>6}"
@@ -105,6 +117,9 @@ def main() -> None:
                 timings[path] = best / rows / 3 * 1000
             local.stacked.supports = supports
             grouped = ""
+            cell = {"vmap_ms": round(timings["vmap"], 4),
+                    "written_out_ms": round(timings["stacked"], 4),
+                    "ratio_x": round(timings["vmap"] / timings["stacked"], 4)}  # fmt: skip
             for size in args.groups:
                 best, results = best_time(partial(in_groups, task, rows, indices, size))
                 same = all(
@@ -112,10 +127,15 @@ def main() -> None:
                     for a, b in zip(together, results, strict=True)
                 )
                 grouped += f" {best / rows / 3 * 1000:>12.2f}{'' if same else '!'}"
+                cell.setdefault("groups", {})[str(size)] = {
+                    "ms": round(best / rows / 3 * 1000, 4), "same_as_one_call": same}  # fmt: skip
+            figures["ms_per_row_step"].setdefault(name, {})[str(rows)] = cell
             print(f"{name:<6} {rows:>5} {timings['vmap']:>16.2f} {timings['stacked']:>12.2f} "
                   f"{timings['vmap'] / timings['stacked']:>5.2f}x" + grouped)  # fmt: skip
     if args.groups:
         print("(! after a figure: some row's state or loss differs from all rows at once)")
+    if args.record:
+        benchmark_record.write("local_step", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ Builds a manifest of that size in memory (25 groups per class, 4-7 clips per gro
 UCF101), then times the partition (fold split, dev split, Dirichlet clients, missing-video
 order) and its statistics for each official split.
 
-    python benchmarks/partition_speed.py [--clients 100] [--alpha 0.1] [--min-size 2]
+    python benchmarks/partition_speed.py [--clients 100] [--alpha 0.1] [--min-size 2] [--no-record]
+
+The figures go into a record under benchmarks/results/partition_speed/ (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import time
 
 import numpy as np
+import record as benchmark_record
 
 from avfl import partition
 from avfl.data import ucf101
@@ -54,6 +57,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=100)
     parser.add_argument("--alpha", type=float, default=0.1)
     parser.add_argument("--min-size", type=int, default=2)
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
     rows = ucf101_sized_manifest()
     settings = {
@@ -64,6 +68,11 @@ def main() -> None:
         "max_resample": 1000,
     }
     print(f"manifest: {len(rows)} clips, {len({r.label for r in rows})} classes")
+    figures: dict = {
+        "settings": settings,
+        "manifest": {"clips": len(rows), "classes": len({r.label for r in rows})},
+        "folds": {},
+    }
     for fold in (1, 2, 3):
         start = time.perf_counter()
         record = partition.build_partition(
@@ -79,6 +88,19 @@ def main() -> None:
             f"samples/client min {stats['samples']['min']:.0f} median {stats['samples']['median']:.0f} "
             f"max {stats['samples']['max']:.0f}; classes/client mean {stats['classes']['mean']:.1f}"
         )
+        figures["folds"][str(fold)] = {
+            "partition_s": round(built, 5),
+            "with_statistics_s": round(total, 5),
+            "training_clips": sum(map(len, record["clients"])),
+            "clients": len(record["clients"]),
+            "dirichlet_draws": record["dirichlet_draws"],
+            "dev": len(record["dev"]),
+            "test": len(record["test"]),
+            "samples_per_client": {k: float(stats["samples"][k]) for k in ("min", "median", "max")},
+            "classes_per_client_mean": round(float(stats["classes"]["mean"]), 4),
+        }
+    if args.record:
+        benchmark_record.write("partition_speed", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

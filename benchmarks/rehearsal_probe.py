@@ -6,6 +6,9 @@ std) and reports test top-1 on audio, visual, and both concatenated. The default
 to give audio 45-60 % and visual 80-95 %, with audio+visual above visual.
 
     python benchmarks/rehearsal_probe.py [--settings '{"seed": 1}'] [--out DIR] [--l2 1e-3]
+                                         [--no-record]
+
+The figures go into a record under benchmarks/results/rehearsal_probe/ (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -17,9 +20,18 @@ import time
 from pathlib import Path
 
 import numpy as np
+import record as benchmark_record
 
 from avfl.data import rehearsal, ucf101
 from avfl.data.manifest import read_manifest
+
+
+def _relative(path: str, root: Path) -> str:
+    """A generated file's path under the data folder (the folder itself is temporary)."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
 
 
 def main() -> None:
@@ -30,6 +42,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="where to write the data (default: a temp dir)")
     parser.add_argument("--l2", type=float, default=1e-3)
     parser.add_argument("--max-iter", type=int, default=100)
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp)
@@ -44,6 +57,16 @@ def main() -> None:
         )
         for path, size in summary["files"].items():
             print(f"  {size:>11,d} B  {path}")
+        figures: dict = {
+            "settings": {"overrides": json.loads(args.settings), "l2": args.l2,
+                         "max_iter": args.max_iter},
+            "generation": {"clips": summary["clips"], "classes": summary["classes"],
+                           "groups": summary["groups"], "wall_s": round(wall, 3),
+                           "cpu_s": round(cpu, 3),
+                           "files_bytes": {_relative(p, out): n for p, n in summary["files"].items()}},
+            "chance_pct": round(100 / summary["classes"], 3),
+            "folds": {},
+        }  # fmt: skip
         rows = read_manifest(out / "features" / "manifest.tsv")
         labels = np.array([r.label for r in rows])
         visual = np.load(out / "embeddings" / "visual_resnet18.npy")
@@ -60,10 +83,18 @@ def main() -> None:
                 )
                 for x in (audio, visual, np.concatenate([audio, visual], axis=1))
             ]
+            probe_s = time.perf_counter() - started
             print(
                 f"{k:>4}  {train.sum():>5}  {(~train).sum():>4}  {top1[0]:5.1f}  {top1[1]:6.1f}"
-                f"  {top1[2]:12.1f}  {time.perf_counter() - started:7.1f}"
+                f"  {top1[2]:12.1f}  {probe_s:7.1f}"
             )
+            figures["folds"][str(k)] = {
+                "train": int(train.sum()), "test": int((~train).sum()),
+                "audio_pct": round(float(top1[0]), 3), "visual_pct": round(float(top1[1]), 3),
+                "audio_visual_pct": round(float(top1[2]), 3), "probe_s": round(probe_s, 3),
+            }  # fmt: skip
+    if args.record:
+        benchmark_record.write("rehearsal_probe", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

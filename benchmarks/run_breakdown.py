@@ -14,7 +14,9 @@ includes the kernels it queued; CUDA's start-up in the job falls in "loading". T
 fallback: without a usable CUDA device it stops with a one-line error.
 
     python benchmarks/run_breakdown.py [--method multifl] [--rounds 200] [--threads 1]
-                                       [--device cpu|cuda]
+                                       [--device cpu|cuda] [--no-record]
+
+The figures go into a record under benchmarks/results/run_breakdown/ (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import record as benchmark_record
 from grid_speed import jobs_for, prepare
 
 STAGES = {  # stage -> (module, function) timed around every call
@@ -133,20 +136,29 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
     if args.worker:  # one job in a fresh process, so the two jobs do not share warm caches
         print(json.dumps(time_job(Path(args.worker), args.threads, args.device)))
         return
-    on = ""
+    on, gpu = "", None
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise SystemExit(f"run_breakdown: --device cuda, but torch {torch.__version__} sees no "
                              "usable CUDA device (python -m avfl doctor says why)")  # fmt: skip
-        on = f", on {torch.cuda.get_device_name(0)} (synchronised timers)"
+        gpu = torch.cuda.get_device_name(0)
+        on = f", on {gpu} (synchronised timers)"
     rates = [round(0.1 * i, 1) for i in range(1, 10)]
     startup = startup_seconds()
+    figures: dict = {
+        "settings": {"method": args.method, "rounds": args.rounds, "threads": args.threads,
+                     "device": args.device, "gpu": gpu, "dataset": "rehearsal", "fold": 1,
+                     "seed": 0, "rates": rates, "clients": 100, "clients_per_round": 10},
+        "startup_imports_s": round(startup, 4),
+        "jobs": {},
+    }  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         config = prepare(root, args.rounds, rates, [0], args.device)
@@ -167,9 +179,17 @@ def main() -> None:
                 raise SystemExit(f"the {label!r} job failed:\n{worker.stderr[-3000:]}")
             runs, wall, spent = json.loads(worker.stdout.strip().splitlines()[-1])
             other = wall - sum(spent.values())
+            figures["jobs"][label] = {
+                "runs_per_job": per_job, "runs": runs, "wall_s": round(wall + startup, 4),
+                "s_per_run": round((wall + startup) / runs, 4), "job_s": round(wall, 4),
+                "stages_s": {s: round(spent.get(s, 0.0), 4) for s in STAGES},
+                "writing_other_s": round(other, 4),
+            }  # fmt: skip
             cells = [f"{spent.get(s, 0.0):.2f}" for s in STAGES] + [f"{other:.2f}"]
             print(f"{label:<28}{runs:>5}{wall + startup:>9.1f}{(wall + startup) / runs:>8.2f}  "
                   + "  ".join(f"{c:>{len(s) + 2}}" for c, s in zip(cells, [*STAGES, "writing + other"], strict=True)))  # fmt: skip
+    if args.record:
+        benchmark_record.write("run_breakdown", figures, notes=args.notes)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ first (the workflow's priorities, avfl.plan), BMSFed last (the worst case seen),
 each other, and the times were measured with two at once. Only training jobs are counted.
 
     python benchmarks/schedule_replay.py --workdir /path/to/finished/grid \\
-        --configfile config/rehearsal.yaml [more.yaml] [--cores 2 4 8]
+        --configfile config/rehearsal.yaml [more.yaml] [--cores 2 4 8] [--no-record]
+
+The figures (estimates) go into a record under benchmarks/results/schedule_replay/
+(benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import random
 import statistics
 from collections.abc import Callable
 from pathlib import Path
+
+import record as benchmark_record
 
 from avfl.config import load_config
 from avfl.plan import Plan
@@ -52,6 +57,7 @@ def main() -> None:
     parser.add_argument("--workdir", required=True, help="a finished grid's working directory")
     parser.add_argument("--configfile", nargs="+", required=True)
     parser.add_argument("--cores", type=int, nargs="+", default=[2, 4, 8])
+    benchmark_record.add_arguments(parser)
     args = parser.parse_args()
     plan = Plan(load_config([REPO / "config/config.yaml", *args.configfile]))
     times = {}
@@ -65,6 +71,13 @@ def main() -> None:
     priority = {j.name: j.priority for j in plan.jobs}
     method = {j.name: j.method for j in plan.jobs}
     print(f"{len(times)} training jobs, {sum(times.values()):,.0f} s of job time")
+    figures: dict = {
+        "settings": {"workdir": args.workdir, "configfiles": args.configfile,
+                     "cores": args.cores, "random_orders": 200},
+        "training_jobs": len(times),
+        "job_time_s": round(sum(times.values()), 3),
+        "estimated_wall_s": {},
+    }  # fmt: skip
     print("cores  longest chain first  BMSFed last  random order (median of 200)  job time / cores")
     for cores in args.cores:
         shuffled = []
@@ -76,6 +89,14 @@ def main() -> None:
         last = makespan(times, waits, cores, lambda n: (method[n] == "bmsfed", n))
         print(f"{cores:5d}  {first:17,.0f} s  {last:9,.0f} s  {statistics.median(shuffled):26,.0f} s"
               f"  {sum(times.values()) / cores:14,.0f} s")  # fmt: skip
+        figures["estimated_wall_s"][str(cores)] = {
+            "longest_chain_first": round(first, 3), "bmsfed_last": round(last, 3),
+            "random_order_median": round(statistics.median(shuffled), 3),
+            "job_time_over_cores": round(sum(times.values()) / cores, 3),
+        }  # fmt: skip
+    if args.record:
+        benchmark_record.write("schedule_replay", figures,
+                               notes="; ".join(filter(None, ["estimates from measured job times, not measurements", args.notes])))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ Prints, per variant, the wall time, the sbatch jobs submitted (counted from the 
 gave them), and whether every variant wrote the same results/report/<name>/table1.csv.
 
     .venv/bin/python benchmarks/slurm_grouping.py [--rounds 20] [--group-size 8] [--keep]
+                                                  [--no-record]
+
+The figures go into a record under benchmarks/results/slurm_grouping/ (benchmarks/record.py).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import record as benchmark_record
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per snakemake run")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    benchmark_record.add_arguments(ap)
     a = ap.parse_args(argv)
 
     reason = cluster_unavailable_reason()
@@ -199,6 +204,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"data preparation failed (rc {rc}) {problem}:\n{tail(tmp / 'prepare.log')}")
             return 1
         rules = training_rules(base, config, base_env)
+        figures: dict = {
+            "settings": {"rounds": a.rounds, "group_size": a.group_size, "jobs": a.jobs,
+                         "variants": a.variants, "stall_s": a.stall, "timeout_s": a.timeout,
+                         "methods": METHODS, "seeds": [0, 1], "rates": [0.1, 0.5, 0.9],
+                         "folds": [1], "runs_per_job": 1},
+            "prepare_s": round(wall, 3),
+            "training_jobs": len(rules),
+            "variants": {},
+        }  # fmt: skip
         print(f"prepared data locally in {wall:.1f} s; "
               f"{len(rules)} training jobs of {a.rounds} rounds each")  # fmt: skip
 
@@ -207,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         except ClusterError as e:
             print(f"slurm_grouping: cannot start the SLURM cluster: {e}", file=sys.stderr)
             return 2
+        figures["cluster"] = {"nodes": 1, "cpus": cluster.cpus, "mem_mb": cluster.mem_mb}
         print(f"SLURM cluster: node {cluster.nodename}, {cluster.cpus} CPUs, "
               f"{cluster.mem_mb} MB, logs in {cluster.root / 'log'}")  # fmt: skip
         env = {**base_env, "SLURM_CONF": str(cluster.conf),
@@ -239,6 +254,12 @@ def main(argv: list[str] | None = None) -> int:
             data = table.read_bytes() if table.exists() else None
             results[variant] = {"ok": rc == 0 and not problem, "wall": wall, "table": data}
             shape = ", ".join(f"{n} x {size}" for size, n in sorted(sizes.items()))
+            figures["variants"][variant] = {
+                "ok": results[variant]["ok"], "rc": rc, "problem": problem or None,
+                "wall_s": round(wall, 3), "sbatch_training": n_train,
+                "sbatch_other": len(jobs) - n_train,
+                "training_allocations": {size: n for size, n in sorted(sizes.items())},
+            }  # fmt: skip
             print(f"{variant:>8}: {wall:7.1f} s, rc {rc}{f', {problem}' if problem else ''}; "
                   f"sbatch jobs: {n_train} training ({shape or '?'}), "
                   f"{len(jobs) - n_train} other")  # fmt: skip
@@ -251,12 +272,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no table1.csv from: {', '.join(missing)}")
         identical = not missing and len(set(tables.values())) == 1
         print(f"table1.csv identical across {', '.join(tables)}: {identical}")
+        figures["table1_identical"] = identical
+        figures["table1_missing"] = missing
         ok = [v for v, r in results.items() if r["ok"]]
         if "per-job" in ok:
             ref = results["per-job"]["wall"]
+            figures["speed_vs_per_job_x"] = {}
             for v in ok:
                 print(f"{v:>8}: {results[v]['wall']:7.1f} s, "
                       f"{ref / results[v]['wall']:.2f}x the speed of per-job")  # fmt: skip
+                figures["speed_vs_per_job_x"][v] = round(ref / results[v]["wall"], 4)
+        if a.record:
+            benchmark_record.write("slurm_grouping", figures, notes=a.notes,
+                                   argv=None if argv is None else [sys.argv[0], *argv])  # fmt: skip
         return 0 if identical and len(ok) == len(results) else 1
     finally:
         if cluster is not None:

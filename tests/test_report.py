@@ -113,8 +113,8 @@ def test_captions_say_what_the_runs_hold():
     )
     assert "video-missing rate (50 %)" in text and "from 2, 4 runs per cell" in text
     assert (
-        "synthetic: 8 runs of MultiFL, Harmony at video-missing rates 50 %, folds 1, 2, seeds 0, 1"
-        in text
+        "synthetic: 6 runs of MultiFL, Harmony at video-missing rates 50 %, folds 1, 2, seeds 0, 1, "
+        "and 2 runs of the references" in text
     )
     assert "failed the learning-health check" in text and "- MultiFL: 10 client trainings" in text
     healthy = [r for r in RUNS if r["health"]["ok"]]

@@ -5,8 +5,8 @@ every row, autograd's intermediates, the optimizer's stacks). glibc serves alloc
 its mmap threshold with fresh `mmap` pages and unmaps them on free, so every step faults in
 and zeroes those pages again: a 9-run rehearsal job took 2.3 million page faults and a sixth
 of its time in the kernel. With mmap off and trimming deferred, freed blocks stay in the heap
-and the next step reuses them: the same job ran 12 % faster (UniFL) and 9 % (BMSFed), its
-peak resident memory about 10 % higher (README, "Where the time goes"). PyTorch's CPU
+and the next step reuses them: jobs run faster, at a somewhat higher peak resident memory
+(the run_breakdown benchmark's records measure both). PyTorch's CPU
 performance guide recommends jemalloc or tcmalloc for the same reason; those need
 `LD_PRELOAD` and a system package, this needs nothing. The numbers do not change: only where
 the memory comes from does.

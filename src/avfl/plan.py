@@ -547,8 +547,8 @@ def _set_priorities(jobs: list[TrainJob]) -> None:
     longest chain of jobs that wait for it (the critical path to the end of the grid).
 
     Why: Snakemake starts ready jobs by priority and otherwise in no useful order. On few
-    cores it started a fold's BMSFed job (the costliest, 13 min) last and ran it alone for
-    8.5 minutes with the other core idle (the rehearsal's fold 1 on 2 cores). Only the order
+    cores it could start a fold's costliest job (BMSFed's) last and run it alone with the
+    other cores idle (measured on the rehearsal: the grid_rehearsal_fold1 records). Only the order
     changes, never a result; priorities are 1-100, scaled to the grid's longest chain.
     """
     producer = {out: job for job in jobs for run in job.runs for out in (run.metrics, run.model)}

@@ -51,8 +51,8 @@ def fingerprint(obj: Any) -> str:
 
     Why: torch.load does not check the archive's CRC-32 (runtime.py), so a byte flipped
     inside a tensor of a checkpoint or a model file loads silently and a resumed run, or a
-    run that consumes another's model, would go on from wrong numbers. About 1.4 GB/s on
-    the build machine's core: 0.1 s for a 160 MB checkpoint.
+    run that consumes another's model, would go on from wrong numbers. Its cost is small next
+    to writing the file (benchmarks/checkpoint_io.py measures it).
     """
     digest = hashlib.sha256()
     _feed(digest, obj)

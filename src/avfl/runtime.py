@@ -12,7 +12,7 @@ def configure_training_process() -> None:
     """Keep freed memory in the heap (allocator.py), and save without the archive's CRC-32.
 
     Computing the CRC-32 of every record was most of the time of writing BMSFed's update
-    stores (160 MB per run at paper scale: 0.38 s against 0.06 s per save). Checkpoints are
+    stores (benchmarks/checkpoint_io.py measures it). Checkpoints are
     written to a temporary file, flushed to disk and renamed (engine._save_atomic), so a write
     cut short never replaces the previous one, and a checkpoint damaged afterwards that cannot
     be read is set aside (engine._load_checkpoint). The CRC would add nothing on reading:

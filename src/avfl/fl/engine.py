@@ -165,7 +165,7 @@ class _Live:
 
     def checkpoint(self) -> dict[str, Any]:
         """What resuming needs. A finished phase never aggregates again, so its server's
-        state (BMSFed's stores of every client's update: 163 MB per run at the paper's
+        state (BMSFed's stores of every client's update, hundreds of MB per run at the paper's
         scale) is left out: None."""
         server = None if self.done else self.server.state_dict()
         return {

@@ -496,7 +496,7 @@ def torch_cat(*rows):
     display="BMSFed",
     colour="#DA8BC3",
     objective_drifts=True,  # the ME weights and the prototypes change every round
-    cost=3.0,  # its server's prototypes, ratios and update distances: 35 s a run vs 11-14 s
+    cost=3.0,  # its server's prototypes, ratios and update distances: about 3x MultiFL's run (grid_rehearsal records)
     cite="Fan et al., Overcome modal bias in multi-modal federated learning via balanced modality selection, ECCV 2024",
     settings=[
         setting("selection", "balanced", "the method's modality selection; random samples clients uniformly and trains what each has (the thesis's ablation without selection, and a check of the rest)", enum=["balanced", "random"]),

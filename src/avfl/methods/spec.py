@@ -66,7 +66,7 @@ class MethodSpec:
     # targets set by the server): its training loss may grow while the model learns, so the
     # health guard does not read growth as failure (a non-finite loss still is).
     objective_drifts: bool = False
-    # A run's time per round relative to MultiFL's, measured (README, rehearsal grid). It only
+    # A run's time per round relative to MultiFL's, as measured on the rehearsal grid. It only
     # orders the workflow's jobs (longest chains first, so that few cores are not left with
     # one long job at the end); it never changes a result.
     cost: float = 1.0

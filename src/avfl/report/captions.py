@@ -33,10 +33,12 @@ def what_ran(runs: Sequence[Mapping[str, Any]], datasets: Mapping[str, str],
         rates = sorted({r["rate"] for r in mine if r["rate"] is not None})
         folds = sorted({r["fold"] for r in mine})
         seeds = sorted({r["seed"] for r in mine})
+        references = sum(r["role"] == "reference" for r in mine)
         parts.append(
-            f"{dataset}: {len(mine)} runs of {_listing([display_name(m) for m in methods])} "
-            f"at video-missing rates {_rates(rates)}, folds {_listing(folds)}, seeds "
-            f"{_listing(seeds)}; {metric} of the audio model"
+            f"{dataset}: {len(mine) - references} runs of "
+            f"{_listing([display_name(m) for m in methods])} at video-missing rates "
+            f"{_rates(rates)}, folds {_listing(folds)}, seeds {_listing(seeds)}, and "
+            f"{references} runs of the references; {metric} of the audio model"
         )
     return "; ".join(parts) + "."
 
