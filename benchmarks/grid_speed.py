@@ -157,9 +157,10 @@ def run_one(job_file: str, peer: bool) -> None:
         import avfl.fl.engine
 
         avfl.fl.engine.train_rows = peer_train_rows
-    from avfl.train import Job, run_job
+    from avfl.jobspec import JobSpec
+    from avfl.train import run_job
 
-    run_job(Job.from_json(Path(job_file).read_text()), log=lambda m: None, threads=1)
+    run_job(JobSpec.from_json(Path(job_file).read_text()), log=lambda m: None, threads=1)
 
 
 def prepare(root: Path, rounds: int, rates: list[float], seeds: list[int], device: str) -> dict:
@@ -198,7 +199,7 @@ def jobs_for(config: dict, runs_per_job: int, root: Path, way: str) -> list[tupl
     for job in plan.jobs:
         if job.method == "centralised":
             continue
-        spec = json.loads(job.spec())
+        spec = json.loads(job.spec.to_json())
         device = spec["settings"]["federated"]["device"]
         if device in ("cpu", "cuda") and spec["gpu"] != (device == "cuda"):
             raise SystemExit(f"job {job.name}: device {device} but gpu {spec['gpu']} in its JSON")

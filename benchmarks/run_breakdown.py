@@ -113,15 +113,16 @@ def instrument(spent: dict[str, float], clock=time.perf_counter) -> None:
 def time_job(
     job_file: Path, threads: int, device: str = "cpu"
 ) -> tuple[int, float, dict[str, float]]:
+    from avfl.jobspec import JobSpec
     from avfl.runtime import configure_training_process
-    from avfl.train import Job, run_job
+    from avfl.train import run_job
 
     configure_training_process()  # as the `train` command does
 
     clock = make_clock(device == "cuda")
     spent: dict[str, float] = defaultdict(float)
     instrument(spent, clock)
-    job = Job.from_json(job_file.read_text())
+    job = JobSpec.from_json(job_file.read_text())
     start = time.perf_counter()  # nothing is queued on a device yet
     run_job(job, log=lambda m: None, threads=threads)
     return len(job.runs), clock() - start, dict(spent)

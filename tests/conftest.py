@@ -134,14 +134,14 @@ def tiny_job(
     training: dict, out, method: str, rates=(0.5,), seeds=(0,), *, federated=None, settings=None,
     model=None, consumes=None, reference=None, health=None,
 ):  # fmt: skip
-    """A training Job for the tiny dataset (fold 1): one run per (seed, rate), in `out/r<rate>_seed<seed>`.
+    """A training JobSpec for the tiny dataset (fold 1): one run per (seed, rate), in `out/r<rate>_seed<seed>`.
 
     `consumes`: {method: folder} where that method's runs of the same (rate, seed) live
     (its `out` of an earlier tiny_job); `reference`: the centralised reference's folder.
     """
     from avfl.config import stable_hash
+    from avfl.jobspec import JobSpec, RunSpec
     from avfl.methods import get_method
-    from avfl.train import Job, RunSpec
 
     config = training["config"]
     spec = get_method(method)
@@ -166,10 +166,11 @@ def tiny_job(
                           for m, d in (consumes or {}).items()},
                 reference=Path(reference) / run_folder(None, seed) / "metrics.json" if reference else None,
             ))  # fmt: skip
-    return Job(
-        dataset="tiny", fold=1, method=method, settings=effective, features=training["features"],
-        runs=runs, config_hash=stable_hash(effective), embeddings=(root / "audio.npy", root / "visual.npy"),
-        health=health or {},
+    return JobSpec(
+        dataset="tiny", variant="default", fold=1, method=method, settings=effective,
+        config_hash=stable_hash(effective), features=training["features"],
+        embeddings={"audio": root / "audio.npy", "visual": root / "visual.npy"},
+        consumed_hashes={}, health=health or {}, gpu=False, runs=runs,
     )  # fmt: skip
 
 

@@ -78,7 +78,7 @@ def test_train_command_retains_freed_memory_and_saves_without_crc(monkeypatch):
 
     monkeypatch.setattr("avfl.train.run_job", stop)
     job = SimpleNamespace(settings={"federated": {"device": "cpu"}}, gpu=False)
-    monkeypatch.setattr("avfl.train.Job.from_json", lambda text: job)
+    monkeypatch.setattr("avfl.jobspec.JobSpec.from_json", lambda text: job)
     with pytest.raises(SystemExit):
         cli.main(["train", "--job", "{}"])
     assert calls == [1]

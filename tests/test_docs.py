@@ -95,3 +95,36 @@ def test_no_commit_hashes_in_the_prose():
     found = {str(p.relative_to(REPO)): h for p in pages for h in HASH.findall(p.read_text())
              if h not in WEIGHT_FILE_PREFIXES}  # fmt: skip
     assert not found, found
+
+
+def test_the_schemas_hold_only_schema_keywords():
+    """A flow-style description with an unquoted comma splits into a stray key (and a
+    truncated description) that the validator silently ignores."""
+    import yaml
+
+    keywords = {"description", "type", "enum", "const", "minimum", "maximum", "exclusiveMinimum",
+                "exclusiveMaximum", "items", "properties", "additionalProperties", "required", "$ref",
+                "oneOf", "anyOf", "allOf", "not", "default", "minItems", "maxItems", "uniqueItems",
+                "pattern", "$defs", "$schema", "title", "propertyNames", "minProperties"}  # fmt: skip
+    stray = []
+
+    def walk(node, path, named):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if named:  # property names or definitions: any name
+                    walk(value, f"{path}.{key}", False)
+                    continue
+                if key == "default":
+                    continue  # a value, not a schema
+                if key not in keywords:
+                    stray.append(f"{path}.{key}")
+                walk(value, f"{path}.{key}", key in ("properties", "$defs"))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, path, False)
+
+    for name in ("config", "metrics"):
+        walk(
+            yaml.safe_load((REPO / f"src/avfl/schema/{name}.schema.yaml").read_text()), name, False
+        )
+    assert not stray, stray

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from avfl.fl.data import FederatedData
-from avfl.fl.engine import PhaseRun, run_phase, run_phases
+from avfl.fl.engine import PhaseRequest, run_phase, run_phases
 from avfl.fl.server import FedAvgServer
 from avfl.fl.tasks import AudioTask, AVTask
 from avfl.fl.types import Interrupted, Phase, TrainSettings, derive_seed
@@ -167,7 +167,7 @@ def test_an_unreadable_checkpoint_is_set_aside_and_only_its_run_trains_from_roun
             model = fresh_model()
             ckpt = tmp_path / folder / f"seed{seed}"
             ckpt.mkdir(parents=True, exist_ok=True)
-            runs.append(PhaseRun(phase, model, initial(model), data, cfg, seed, ckpt,
+            runs.append(PhaseRequest(phase, model, initial(model), data, cfg, seed, ckpt,
                                  logged.append, stop_after))  # fmt: skip
         return run_phases(runs)
 
@@ -453,7 +453,7 @@ def test_runs_advancing_together_equal_runs_alone():
                       clients_per_round=3, select_by="audio")  # fmt: skip
         torch.manual_seed(seed)
         model = AVModel(6, 5, 3, hidden=8, dropout=0.2)
-        return PhaseRun(
+        return PhaseRequest(
             phase, model, initial(model), data, settings(optimizer="adam", lr=0.02), seed, log=quiet
         )
 

@@ -74,21 +74,21 @@ def rehearsal(tmp_path_factory) -> Path:
 def _jobs(root: Path, runs_per_job: int, out: str, methods=None):
     """The plan's training jobs (references first, then producers before consumers), their runs
     written under root/out."""
+    from avfl.jobspec import JobSpec
     from avfl.plan import Plan
-    from avfl.train import Job
 
     jobs = []
     for job in Plan(_config(root, runs_per_job)).jobs:
         if methods and job.method not in methods and job.method != "centralised":
             continue
-        spec = json.loads(job.spec())
+        spec = json.loads(job.spec.to_json())
         assert spec["gpu"] == (DEVICE == "cuda")
         for run in spec["runs"]:
             run["out"] = str(root / out / run["out"])
             run["partition"] = str(root / run["partition"])
             run["consumes"] = {m: str(root / out / d) for m, d in run["consumes"].items()}
             run["reference"] = str(root / out / run["reference"]) if run["reference"] else None
-        jobs.append(Job.from_json(json.dumps(spec)))
+        jobs.append(JobSpec.from_json(json.dumps(spec)))
     order = {"centralised": 0, "multifl": 1}
     return sorted(jobs, key=lambda j: order.get(j.method, 2))
 

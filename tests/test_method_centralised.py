@@ -54,7 +54,12 @@ def test_linear_probe_separates_separable_embeddings(tiny_training, tmp_path):
     root.mkdir()
     np.save(root / "audio.npy", audio)
     job = tiny_job(tiny_training, tmp_path / "run", "centralised", federated={"rounds": 4})
-    job = type(job)(**{**job.__dict__, "embeddings": (root / "audio.npy", job.embeddings[1])})
+    job = type(job)(
+        **{
+            **job.__dict__,
+            "embeddings": {"audio": root / "audio.npy", "visual": job.embeddings["visual"]},
+        }
+    )
     (record,) = run_job(job, log=quiet)
     assert record["test_by_model"]["probe_audio"]["top1"] == 1.0
     assert record["test"]["top1"] > 1.0 / n_classes + 0.3  # the trained audio model learns it too

@@ -81,7 +81,12 @@ def test_inputs_are_standardised_with_training_clips_only(tiny_training, tmp_pat
     root.mkdir()
     np.save(root / "audio.npy", shifted)
     job = tiny_job(tiny_training, tmp_path / "b", "multifl", federated={"rounds": 1})
-    job = type(job)(**{**job.__dict__, "embeddings": (root / "audio.npy", job.embeddings[1])})
+    job = type(job)(
+        **{
+            **job.__dict__,
+            "embeddings": {"audio": root / "audio.npy", "visual": job.embeddings["visual"]},
+        }
+    )
     run_job(job, log=quiet)
     other = torch.load(tmp_path / "b" / run_folder(0.5, 0) / "model.pt", weights_only=True)[
         "states"

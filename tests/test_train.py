@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,16 +108,10 @@ def test_a_failing_run_fails_the_job_but_finished_runs_are_kept_for_the_rerun(
 
 
 def _cli(job, gpu: bool = False) -> list[str]:
-    from dataclasses import asdict
+    """`avfl train` of the job, its JSON as the workflow passes it."""
+    from dataclasses import replace
 
-    spec = {
-        "dataset": job.dataset, "fold": job.fold, "method": job.method, "settings": job.settings,
-        "features": str(job.features), "config_hash": job.config_hash, "gpu": gpu,
-        "embeddings": {"audio": str(job.embeddings[0]), "visual": str(job.embeddings[1])},
-        "runs": [{**{k: (str(v) if k in ("out", "partition") else v) for k, v in asdict(r).items() if k != "reference"},
-                  "consumes": {m: str(p) for m, p in r.consumes.items()}} for r in job.runs],
-    }  # fmt: skip
-    return [sys.executable, "-m", "avfl", "train", "--job", json.dumps(spec)]
+    return [sys.executable, "-m", "avfl", "train", "--job", replace(job, gpu=gpu).to_json()]
 
 
 @pytest.mark.slow
@@ -130,7 +125,7 @@ def test_killed_job_resumes_to_the_same_metrics(tiny_training, tmp_path, damaged
         tiny_job(tiny_training, tmp_path / "whole", "multifl", federated=slow), log=quiet
     )
     job = tiny_job(tiny_training, tmp_path / "killed", "multifl", federated=slow)
-    out = job.runs[0].out
+    out = Path(job.runs[0].out)
     proc = subprocess.Popen(
         _cli(job), stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )

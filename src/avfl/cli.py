@@ -102,11 +102,12 @@ def cmd_embed(args) -> None:
 
 def cmd_train(args) -> None:
     from avfl.device import job_device
+    from avfl.jobspec import JobSpec
     from avfl.runtime import configure_training_process
-    from avfl.train import Job, run_job
+    from avfl.train import run_job
 
     configure_training_process()  # this process trains (runtime.py)
-    job = Job.from_json(
+    job = JobSpec.from_json(
         args.job if args.job.lstrip().startswith("{") else Path(args.job).read_text()
     )
     with job_device(job.settings["federated"]["device"], job.gpu, _log) as device:

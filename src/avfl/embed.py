@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from avfl import paths
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone
 
 
@@ -31,12 +32,12 @@ def compute_embeddings(
     if modality == "audio":
         if fold is None:
             raise ValueError("audio embeddings need a fold (its normalisation statistics)")
-        norm = json.loads((features / "norm_stats.json").read_text())["folds"][f"fold{fold}"]
+        norm = json.loads((features / paths.NORM_STATS).read_text())["folds"][f"fold{fold}"]
         backbone = build_audio_backbone(spec, norm, extract)
-        inputs = np.load(features / "fbank.npy", mmap_mode="r")
+        inputs = np.load(features / paths.FBANK, mmap_mode="r")
     else:
         backbone = build_visual_backbone(spec)
-        inputs = np.load(features / "frames.npy", mmap_mode="r")
+        inputs = np.load(features / paths.FRAMES, mmap_mode="r")
     backbone = backbone.to(device).eval()
     out = np.empty((inputs.shape[0], backbone.out_dim), dtype=np.float32)
     pin = device.type == "cuda"
@@ -67,6 +68,6 @@ def write_embeddings(
         provenance = {"device": device_record(device, precision), "versions": versions(),
                       "shape": list(emb.shape), "settings": dict(settings), "fold": fold}  # fmt: skip
     np.save(out, emb)
-    write_json(Path(out).with_suffix(".json"), provenance)
+    write_json(paths.provenance(out), provenance)
     log(f"{modality} embeddings {emb.shape} on {device}")
     return emb

@@ -41,7 +41,7 @@ def _dev_top1(record: Mapping[str, Any], model: str) -> float | None:
     key = f"dev_{model}_top1"
     values = [
         p[key]
-        for curve in record.get("dev_curve", {}).values()
+        for curve in record["dev_curve"].values()
         for p in curve
         if key in p and not math.isnan(p[key])
     ]
@@ -122,14 +122,14 @@ def check_run(
     """The `health` entry of a run record (`objective_drifts`: the method's loss may grow by
     design, so only a non-finite loss is a finding)."""
     settings = {**DEFAULTS, **settings}
-    models = {"audio": record["test"], **record.get("test_by_model", {})}
+    models = {"audio": record["test"], **record["test_by_model"]}
     findings = []
     for name, test in models.items():
         if name not in CHECKED_MODELS:
             continue  # extra evaluations (probes, alternative classifiers) are not the run's models
         ref_top1 = None
         if reference is not None:
-            ref_models = {"audio": reference["test"], **reference.get("test_by_model", {})}
+            ref_models = {"audio": reference["test"], **reference["test_by_model"]}
             if name in ref_models:
                 ref_top1 = ref_models[name]["top1"]
         findings += check_model(name, test, _dev_top1(record, name), ref_top1, settings)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from avfl import paths
 from avfl.data.manifest import STATUS_OK, ManifestRow
 from avfl.errors import UserError
 
@@ -254,12 +255,12 @@ def write_partition(
     stats = partition_stats(record, rows)
     record["stats"] = summarise_stats(stats)
     write_json(out, record)
-    stem = out.with_suffix("")
-    with open(f"{stem}_stats.tsv", "w") as handle:
+    stats_path, heatmap_path = paths.partition_companions(out)
+    with open(stats_path, "w") as handle:
         handle.write("\t".join(stats[0]) + "\n")
         handle.writelines("\t".join(str(v) for v in row.values()) + "\n" for row in stats)
     client_labels, n_classes = partition_labels(record, rows)
     counts = np.stack([np.bincount(labels, minlength=n_classes) for labels in client_labels])
     title = f"{dataset}, fold {fold}, seed {seed}: Dirichlet alpha={settings['alpha']}"
-    plot_label_heatmap(counts, record["classes"], title, f"{stem}_heatmap.png")
+    plot_label_heatmap(counts, record["classes"], title, heatmap_path)
     return record

@@ -20,8 +20,8 @@ import resource
 import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import avfl
-from avfl import health
+from avfl import health, paths, runrecord
 from avfl.data.manifest import STATUS_OK, read_manifest
 from avfl.device import device_record, resolve_device, set_float32_precision
 from avfl.errors import UserError
@@ -38,77 +38,16 @@ from avfl.fl.batch import run_batch
 from avfl.fl.data import FederatedData, build_federated_data, label_tensor
 from avfl.fl.engine import UNREADABLE, unreadable
 from avfl.fl.types import TrainSettings, derive_seed
+from avfl.jobspec import JobSpec, RunSpec
 from avfl.methods import get_method
 from avfl.methods.context import MethodResult, RunContext
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone
 from avfl.models.heads import AVModel, feature_stats
 from avfl.records import save_torch, verify_checksum, with_checksum, write_json
 
-RUN_FORMAT_VERSION = 2
 # The runs of a job build their models in their own threads; PyTorch's initialisers draw from
 # the one global generator, so seeding and building must not interleave between runs.
 _GLOBAL_RNG = threading.Lock()
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run of a job."""
-
-    rate: float | None
-    seed: int
-    out: Path  # run directory
-    partition: Path  # partition JSON
-    consumes: Mapping[str, Path] = field(default_factory=dict)  # method -> its run directory
-    reference: Path | None = None  # the centralised reference's metrics.json (health guard)
-
-
-@dataclass(frozen=True)
-class Job:
-    """Runs of one method, with one set of effective settings, on one (dataset, fold)."""
-
-    dataset: str
-    fold: int
-    method: str
-    settings: Mapping[
-        str, Any
-    ]  # {"model", "federated", "partition", "extract", "method", "consumes"}
-    features: Path  # extraction outputs (manifest, norm stats, arrays)
-    runs: Sequence[RunSpec]
-    config_hash: str = ""
-    variant: str = "default"
-    embeddings: tuple[Path, Path] | None = None  # (audio, visual) in frozen mode
-    consumed_hashes: Mapping[str, str] = field(
-        default_factory=dict
-    )  # method -> expected config hash
-    health: Mapping[str, Any] = field(default_factory=dict)
-    gpu: bool = False  # the job's rule asked for a GPU (avfl.plan.needs_gpu)
-
-    @classmethod
-    def from_json(cls, text: str) -> Job:
-        raw = json.loads(text)
-        runs = [
-            RunSpec(
-                rate=r["rate"], seed=r["seed"], out=Path(r["out"]), partition=Path(r["partition"]),
-                consumes={m: Path(p) for m, p in r.get("consumes", {}).items()},
-                reference=Path(r["reference"]) if r.get("reference") else None,
-            )
-            for r in raw["runs"]
-        ]  # fmt: skip
-        emb = raw.get("embeddings")
-        return cls(
-            dataset=raw["dataset"], fold=raw["fold"], method=raw["method"], settings=raw["settings"],
-            features=Path(raw["features"]), runs=runs, config_hash=raw.get("config_hash", ""),
-            variant=raw.get("variant", "default"),
-            embeddings=(Path(emb["audio"]), Path(emb["visual"])) if emb else None,
-            consumed_hashes=raw.get("consumed_hashes", {}), health=raw.get("health", {}),
-            gpu=raw["gpu"],
-        )  # fmt: skip
-
-
-def job_hash(settings: Mapping[str, Any]) -> str:
-    from avfl.config import stable_hash
-
-    return stable_hash(settings)
 
 
 def train_settings(fed: Mapping[str, Any]) -> TrainSettings:
@@ -121,7 +60,7 @@ def train_settings(fed: Mapping[str, Any]) -> TrainSettings:
 
 
 @dataclass
-class _Fold:
+class FoldTensors:
     """What every run of a job shares: the fold's inputs, on the device."""
 
     audio: torch.Tensor
@@ -132,30 +71,33 @@ class _Fold:
     frames: dict[str, int]  # clip id -> valid fbank frames (fine-tuning statistics)
 
 
-def _load_fold(job: Job, device: torch.device) -> _Fold:
-    rows = [r for r in read_manifest(job.features / "manifest.tsv") if r.status == STATUS_OK]
+def _load_fold(job: JobSpec, device: torch.device) -> FoldTensors:
+    manifest = job.feature_dir / paths.MANIFEST
+    rows = [r for r in read_manifest(manifest) if r.status == STATUS_OK]
     frozen = job.settings["model"]["mode"] == "frozen"
     if frozen:
-        if job.embeddings is None:
+        inputs = job.embedding_paths()
+        if inputs is None:
             raise UserError("frozen mode needs the backbone embeddings (the embed rules make them)")
-        paths = job.embeddings
     else:
-        paths = (job.features / "fbank.npy", job.features / "frames.npy")
-    for path in paths:
+        inputs = (job.feature_dir / paths.FBANK, job.feature_dir / paths.FRAMES)
+    for path in inputs:
         if not path.exists():
             raise UserError(f"{path} not found: run the workflow's earlier stages first")
-    audio, visual = (torch.from_numpy(np.load(p)).to(device) for p in paths)
+    audio, visual = (torch.from_numpy(np.load(p)).to(device) for p in inputs)
     if audio.shape[0] != len(rows) or visual.shape[0] != len(rows):
         raise UserError(
-            f"{paths[0]} ({audio.shape[0]} rows) and {paths[1]} ({visual.shape[0]} rows) do not match "
-            f"the {len(rows)} usable clips of {job.features / 'manifest.tsv'}: rerun the embed rules"
+            f"{inputs[0]} ({audio.shape[0]} rows) and {inputs[1]} ({visual.shape[0]} rows) do not match "
+            f"the {len(rows)} usable clips of {manifest}: rerun the embed rules"
         )
     row_of, label_of = {r.clip_id: r.row for r in rows}, {r.clip_id: r.label for r in rows}
     labels = label_tensor(row_of, label_of, audio.shape[0]).to(device)
-    return _Fold(audio, visual, labels, row_of, label_of, {r.clip_id: r.audio_frames for r in rows})
+    return FoldTensors(
+        audio, visual, labels, row_of, label_of, {r.clip_id: r.audio_frames for r in rows}
+    )
 
 
-def _training_fbank_stats(fold: _Fold, data: FederatedData) -> dict[str, float]:
+def _training_fbank_stats(fold: FoldTensors, data: FederatedData) -> dict[str, float]:
     """Fine-tuning mode: the fbank mean and std over the valid frames of the training clips only."""
     idx = data.training_indices().cpu()
     fbank = fold.audio[idx.to(fold.audio.device)].double()
@@ -164,7 +106,7 @@ def _training_fbank_stats(fold: _Fold, data: FederatedData) -> dict[str, float]:
     return {"mean": float(values.mean()), "std": float(values.std(unbiased=False))}
 
 
-def build_model(job: Job, fold: _Fold, data: FederatedData, seed: int) -> AVModel:
+def build_model(job: JobSpec, fold: FoldTensors, data: FederatedData, seed: int) -> AVModel:
     """The run's model: seeded initialisation, input statistics from its training clips only."""
     model_cfg = job.settings["model"]
     frozen = model_cfg["mode"] == "frozen"
@@ -187,10 +129,10 @@ def build_model(job: Job, fold: _Fold, data: FederatedData, seed: int) -> AVMode
     return model
 
 
-def _load_consumed(job: Job, run: RunSpec, device: torch.device) -> dict[str, dict[str, Any]]:
+def _load_consumed(job: JobSpec, run: RunSpec, device: torch.device) -> dict[str, dict[str, Any]]:
     consumed = {}
     for name, directory in run.consumes.items():
-        path = Path(directory) / "model.pt"
+        path = Path(directory) / paths.MODEL
         if not path.exists():
             raise UserError(f"{path} not found: run {name} first (the workflow does this)")
         try:
@@ -215,7 +157,7 @@ def _load_consumed(job: Job, run: RunSpec, device: torch.device) -> dict[str, di
     return consumed
 
 
-def _record(job: Job, run: RunSpec, data: FederatedData, result: MethodResult, device: torch.device,
+def _record(job: JobSpec, run: RunSpec, data: FederatedData, result: MethodResult, device: torch.device,
             partition: Mapping[str, Any], consumed: Mapping[str, Any], started: float) -> dict[str, Any]:  # fmt: skip
     model = result.model
     tests: dict[str, dict[str, Any]] = {}
@@ -233,7 +175,7 @@ def _record(job: Job, run: RunSpec, data: FederatedData, result: MethodResult, d
         for key, value in saved.get("budget", {}).get("total", {}).items():
             total[key] = total.get(key, 0) + value
     record: dict[str, Any] = {
-        "format_version": RUN_FORMAT_VERSION,
+        "format_version": runrecord.FORMAT_VERSION,
         "dataset": job.dataset, "variant": job.variant, "fold": job.fold, "method": job.method,
         "role": get_method(job.method).role, "rate": run.rate, "seed": run.seed,
         "config_hash": job.config_hash, "batch_size": len(job.runs),
@@ -263,19 +205,19 @@ def _record(job: Job, run: RunSpec, data: FederatedData, result: MethodResult, d
     return record
 
 
-def _embedding_provenance(job: Job) -> dict[str, Any] | None:
+def _embedding_provenance(job: JobSpec) -> dict[str, Any] | None:
     """Where and how the frozen-mode embeddings were made (the embed rules' sidecars; None for
     embeddings written without one, such as the rehearsal generator's)."""
     if job.embeddings is None:
         return None
     found = {}
-    for modality, path in zip(("audio", "visual"), job.embeddings, strict=True):
-        sidecar = Path(path).with_suffix(".json")
+    for modality, path in job.embeddings.items():
+        sidecar = paths.provenance(path)
         found[modality] = json.loads(sidecar.read_text())["device"] if sidecar.exists() else None
     return found
 
 
-def _model_file(job: Job, result: MethodResult, record: Mapping[str, Any]) -> dict[str, Any]:
+def _model_file(job: JobSpec, result: MethodResult, record: Mapping[str, Any]) -> dict[str, Any]:
     states = {**result.saved, **{f"evaluated_{k}": v for k, v in result.evaluate.items()}}
     return {
         "config_hash": job.config_hash,
@@ -284,7 +226,7 @@ def _model_file(job: Job, result: MethodResult, record: Mapping[str, Any]) -> di
     }
 
 
-def _one_run(job: Job, run: RunSpec, fold: _Fold, device: torch.device, log: Callable[[str], None],
+def _one_run(job: JobSpec, run: RunSpec, fold: FoldTensors, device: torch.device, log: Callable[[str], None],
              stop_after: int | None) -> Callable:  # fmt: skip
     """The closure that trains and records one run (called with the phase runner)."""
 
@@ -293,10 +235,10 @@ def _one_run(job: Job, run: RunSpec, fold: _Fold, device: torch.device, log: Cal
         label = f"[r={run.rate} seed{run.seed}]"
         say = lambda m: log(f"{label} {m}")  # noqa: E731
         done = _done_dir(job, run)
-        if (done / "metrics.json").exists() and (done / "model.pt").exists():
+        if (done / paths.METRICS).exists() and (done / paths.MODEL).exists():
             say(f"finished earlier in this job: restored from {done}")
             return _restore(done, run)
-        partition = json.loads(run.partition.read_text())
+        partition = json.loads(Path(run.partition).read_text())
         data = build_federated_data(
             partition,
             fold.row_of,
@@ -313,43 +255,45 @@ def _one_run(job: Job, run: RunSpec, fold: _Fold, device: torch.device, log: Cal
         with _GLOBAL_RNG:
             model = build_model(job, fold, data, run.seed)
         consumed = _load_consumed(job, run, device)
-        checkpoints = run.out / "checkpoints" / job.config_hash
+        checkpoints = paths.checkpoint_dir(run.out, job.config_hash)
         checkpoints.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(
             data=data, model=model, initial_state={k: v.clone() for k, v in model.state_dict().items()},
             train=train_settings(job.settings["federated"]), federated=job.settings["federated"],
-            settings=job.settings["method"], seed=run.seed, runner=runner, checkpoint_dir=checkpoints,
+            method_settings=job.settings["method"], seed=run.seed, runner=runner, checkpoint_dir=checkpoints,
             rate=run.rate, log=say, consumed=consumed, stop_after=stop_after,
         )  # fmt: skip
         result = spec.run(ctx)
         record = _record(job, run, data, result, device, partition, consumed, started)
-        reference = json.loads(run.reference.read_text()) if run.reference else None
+        reference = runrecord.read(run.reference) if run.reference else None
         record["health"] = health.check_run(record, reference, job.health, spec.objective_drifts)
+        runrecord.validate(record, Path(run.out) / paths.METRICS)
         for finding in record["health"]["findings"]:
             say(f"warning: health: {finding['message']}")
         files = _model_file(job, result, record)
-        for directory in (done, run.out):
+        for directory in (done, Path(run.out)):
             directory.mkdir(parents=True, exist_ok=True)
-            save_torch(directory / "model.pt", with_checksum(files))
-            write_json(directory / "metrics.json", record)
+            save_torch(directory / paths.MODEL, with_checksum(files))
+            write_json(directory / paths.METRICS, record)
         return record
 
     return go
 
 
-def _done_dir(job: Job, run: RunSpec) -> Path:
-    return run.out / "checkpoints" / job.config_hash / "done"
+def _done_dir(job: JobSpec, run: RunSpec) -> Path:
+    return paths.checkpoint_dir(run.out, job.config_hash) / paths.FINISHED
 
 
 def _restore(done: Path, run: RunSpec) -> dict[str, Any]:
-    run.out.mkdir(parents=True, exist_ok=True)
-    for name in ("model.pt", "metrics.json"):
-        shutil.copyfile(done / name, run.out / name)
-    return json.loads((run.out / "metrics.json").read_text())
+    out = Path(run.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (paths.MODEL, paths.METRICS):
+        shutil.copyfile(done / name, out / name)
+    return runrecord.read(out / paths.METRICS)
 
 
 def run_job(
-    job: Job, log: Callable[[str], None] = print, threads: int | None = None,
+    job: JobSpec, log: Callable[[str], None] = print, threads: int | None = None,
     stop_after: int | None = None, device: torch.device | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Train every run of the job; returns their records. Raises if any run failed (the
@@ -360,8 +304,8 @@ def run_job(
         return _run_job(job, log, stop_after, device)
     # The job's threads bound every thread pool in the process: torch's, and the BLAS and
     # OpenMP pools that numpy, scipy and scikit-learn use (the linear probes). Left alone, those
-    # start one thread per core for tiny products and run 25x slower than one thread on a busy
-    # machine (same results).
+    # start one thread per core for tiny products and run many times slower than one thread on
+    # a busy machine (same results).
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
@@ -369,7 +313,7 @@ def run_job(
         return _run_job(job, log, stop_after, device)
 
 
-def _run_job(job: Job, log: Callable[[str], None], stop_after: int | None,
+def _run_job(job: JobSpec, log: Callable[[str], None], stop_after: int | None,
              device: torch.device | None) -> list[dict[str, Any]]:  # fmt: skip
     fed = job.settings["federated"]
     set_float32_precision(fed["float32_precision"])
@@ -401,7 +345,7 @@ def _run_job(job: Job, log: Callable[[str], None], stop_after: int | None,
         ]
         raise UserError("health.fatal is set and runs did not learn:\n" + "\n".join(lines))
     for run in job.runs:
-        shutil.rmtree(run.out / "checkpoints", ignore_errors=True)
+        shutil.rmtree(Path(run.out) / paths.CHECKPOINTS, ignore_errors=True)
     return records
 
 

@@ -19,6 +19,7 @@ os.environ.update(
     PATH=os.pathsep.join(filter(None, (os.path.dirname(sys.executable), os.environ.get("PATH"))))
 )
 
+from avfl import paths  # noqa: E402
 from avfl.config import validate_config  # noqa: E402
 from avfl.errors import UserError  # noqa: E402
 from avfl.plan import Plan  # noqa: E402
@@ -41,6 +42,14 @@ if config["gpu"]["lock_dir"]:
     os.environ.update(AVFL_GPU_LOCK_DIR=config["gpu"]["lock_dir"])
 
 DATA = config["data_dir"]
+RAW = paths.fill(paths.RAW, data=DATA)
+
+
+def feature(name):
+    """A feature file's pattern: {dataset} left to Snakemake."""
+    return paths.fill(paths.FEATURE, data=DATA, name=name)
+
+
 DATASETS = config["datasets"]
 ENV = "../../envs/avfl.yaml"
 
@@ -70,6 +79,11 @@ def rehearsal_embeddings(dataset):
     """The frozen-mode embeddings the rehearsal generator writes (where the embed rules would)."""
     files = [PLAN.embedding_files(dataset, "default", fold) for fold in (1, 2, 3)]
     return sorted({f for group in files for f in group.values()})
+
+
+def report_caption(name):
+    """The caption the report rule writes from what the run holds (avfl/report/captions.py)."""
+    return os.path.abspath(f"{PLAN.report_dir()}/{paths.fill(paths.CAPTION, name=name)}")
 
 
 def one_of(names):

@@ -3,7 +3,7 @@
 
 rule generate_synthetic:
     output:
-        directory(f"{DATA}/raw/{{dataset}}"),
+        directory(RAW),
     log:
         "results/logs/{dataset}/generate.log",
     benchmark:
@@ -24,7 +24,7 @@ rule generate_synthetic:
 
 rule import_source_dir:
     output:
-        directory(f"{DATA}/raw/{{dataset}}"),
+        directory(RAW),
     log:
         "results/logs/{dataset}/import.log",
     wildcard_constraints:
@@ -42,7 +42,7 @@ rule import_source_dir:
 
 rule import_cremad:
     output:
-        directory(f"{DATA}/raw/{{dataset}}"),
+        directory(RAW),
     log:
         "results/logs/{dataset}/import.log",
     wildcard_constraints:
@@ -60,7 +60,7 @@ rule import_cremad:
 
 rule download_ucf101:
     output:
-        directory(f"{DATA}/raw/{{dataset}}"),
+        directory(RAW),
     log:
         "results/logs/{dataset}/download.log",
     wildcard_constraints:
@@ -73,7 +73,7 @@ rule download_ucf101:
         runtime=600,
     params:
         sources=lambda w: ucf101_sources(w.dataset),
-        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
+        downloads=lambda w: paths.fill(paths.DOWNLOADS, data=DATA, dataset=w.dataset),
     shell:
         "python -m avfl download-ucf101 --downloads {params.downloads} --out {output} "
         "--sources {params.sources:q} 2> {log}"
@@ -81,7 +81,7 @@ rule download_ucf101:
 
 rule download_activitynet:
     output:
-        directory(f"{DATA}/raw/{{dataset}}"),
+        directory(RAW),
     log:
         "results/logs/{dataset}/download.log",
     wildcard_constraints:
@@ -100,7 +100,7 @@ rule download_activitynet:
             },
             sort_keys=True,
         ),
-        downloads=lambda w: f"{DATA}/downloads/{w.dataset}",
+        downloads=lambda w: paths.fill(paths.DOWNLOADS, data=DATA, dataset=w.dataset),
     shell:
         "python -m avfl download-activitynet --downloads {params.downloads} --out {output} "
         "--settings {params.settings:q} 2> {log}"
@@ -108,12 +108,12 @@ rule download_activitynet:
 
 rule extract_features:
     input:
-        raw=f"{DATA}/raw/{{dataset}}",
+        raw=RAW,
     output:
-        manifest=f"{DATA}/features/{{dataset}}/manifest.tsv",
-        frames=f"{DATA}/features/{{dataset}}/frames.npy",
-        fbank=f"{DATA}/features/{{dataset}}/fbank.npy",
-        norm_stats=f"{DATA}/features/{{dataset}}/norm_stats.json",
+        manifest=feature(paths.MANIFEST),
+        frames=feature(paths.FRAMES),
+        fbank=feature(paths.FBANK),
+        norm_stats=feature(paths.NORM_STATS),
     log:
         "results/logs/{dataset}/extract.log",
     benchmark:
@@ -139,8 +139,8 @@ for _name in datasets_from("rehearsal"):
         name:
             f"generate_rehearsal_{_name}"
         output:
-            manifest=f"{DATA}/features/{_name}/manifest.tsv",
-            norm_stats=f"{DATA}/features/{_name}/norm_stats.json",
+            manifest=paths.feature(DATA, _name, paths.MANIFEST),
+            norm_stats=paths.feature(DATA, _name, paths.NORM_STATS),
             embeddings=rehearsal_embeddings(_name),
         log:
             f"results/logs/{_name}/generate.log",

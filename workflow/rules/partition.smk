@@ -3,11 +3,11 @@
 
 rule partition:
     input:
-        manifest=f"{DATA}/features/{{dataset}}/manifest.tsv",
+        manifest=feature(paths.MANIFEST),
     output:
-        json="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}.json",
-        stats="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}_stats.tsv",
-        heatmap="results/{dataset}/partition/{variant}/fold{fold}_seed{seed}_heatmap.png",
+        json=paths.PARTITION,
+        stats=paths.partition_companions(paths.PARTITION)[0],
+        heatmap=paths.partition_companions(paths.PARTITION)[1],
     log:
         "results/logs/{dataset}/partition_{variant}_fold{fold}_seed{seed}.log",
     conda:

@@ -5,16 +5,11 @@ REPORT = PLAN.report_dir()
 REPORT_FILES = PLAN.report_files()
 
 
-def caption(name):
-    """The caption the report rule writes from what the run holds (avfl/report/captions.py)."""
-    return os.path.abspath(f"{REPORT}/captions/{name}.rst")
-
-
 rule collect:
     input:
         PLAN.report_runs(),
     output:
-        f"{REPORT}/runs.csv",
+        f"{REPORT}/{paths.RUNS_TABLE}",
     log:
         f"results/logs/report/{PLAN.name}/collect.log",
     conda:
@@ -33,7 +28,7 @@ rule report:
         table1=[
             report(
                 REPORT_FILES["table1"][0],
-                caption=caption("table1"),
+                caption=report_caption("table1"),
                 category="Table 1",
             ),
             *REPORT_FILES["table1"][1:],
@@ -42,7 +37,7 @@ rule report:
             REPORT_FILES["fig2"][0],
             report(
                 REPORT_FILES["fig2"][1],
-                caption=caption("fig2"),
+                caption=report_caption("fig2"),
                 category="Figure 2",
             ),
             REPORT_FILES["fig2"][2],
@@ -51,7 +46,7 @@ rule report:
             REPORT_FILES["fig3"][0],
             report(
                 REPORT_FILES["fig3"][1],
-                caption=caption("fig3"),
+                caption=report_caption("fig3"),
                 category="Figure 3",
             ),
             REPORT_FILES["fig3"][2],

@@ -3,12 +3,12 @@
 
 rule embed_audio:
     input:
-        fbank=f"{DATA}/features/{{dataset}}/fbank.npy",
-        norm_stats=f"{DATA}/features/{{dataset}}/norm_stats.json",
+        fbank=feature(paths.FBANK),
+        norm_stats=feature(paths.NORM_STATS),
     output:
-        embeddings=f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.npy",
+        embeddings=paths.fill(paths.AUDIO_EMBEDDING, data=DATA),
         # Where and how they were computed: device, float32 precision, library versions.
-        provenance=f"{DATA}/embeddings/{{dataset}}/{{variant}}/fold{{fold}}/audio_{{backbone}}.json",
+        provenance=str(paths.provenance(paths.fill(paths.AUDIO_EMBEDDING, data=DATA))),
     log:
         "results/logs/{dataset}/embed_audio_{variant}_{backbone}_fold{fold}.log",
     benchmark:
@@ -32,11 +32,11 @@ rule embed_audio:
 
 rule embed_visual:
     input:
-        frames=f"{DATA}/features/{{dataset}}/frames.npy",
+        frames=feature(paths.FRAMES),
     output:
-        embeddings=f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.npy",
+        embeddings=paths.fill(paths.VISUAL_EMBEDDING, data=DATA),
         # Where and how they were computed: device, float32 precision, library versions.
-        provenance=f"{DATA}/embeddings/{{dataset}}/{{variant}}/visual_{{backbone}}.json",
+        provenance=str(paths.provenance(paths.fill(paths.VISUAL_EMBEDDING, data=DATA))),
     log:
         "results/logs/{dataset}/embed_visual_{variant}_{backbone}.log",
     benchmark:
@@ -77,7 +77,7 @@ for _job in PLAN.jobs:
             f"results/benchmarks/{_job.dataset}/train/{_job.name}.tsv"
         priority: _job.priority
         group:
-            _job.group  # GPU jobs: none (a group job would sum its jobs' GPUs), see TrainJob.group
+            _job.group  # GPU jobs: none (a group job would sum its jobs' GPUs), see PlannedJob.group
         conda:
             ENV
         # A GPU job's own CPU work (BMSFed's selection, the references' linear probes) gets a
@@ -88,6 +88,6 @@ for _job in PLAN.jobs:
             mem_mb=2000 + 500 * len(_job.runs),
             runtime=240,
         params:
-            job=_job.spec(),
+            job=_job.spec.to_json(),
         shell:
             "python -m avfl train --job {params.job:q} --threads {threads} 2> {log}"

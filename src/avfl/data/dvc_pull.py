@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from avfl.plan import VIDEO_FEATURES as OUTPUT_FILES
+from avfl import paths
 
 
 def dvc_pull(
@@ -28,11 +28,12 @@ def dvc_pull(
     if pull.returncode != 0:
         log("error: dvc pull failed (see above); nothing was touched")
         return pull.returncode
-    datasets = sorted(p.name.removesuffix(".dvc") for p in Path(data_dir, "features").glob("*.dvc"))
+    root = Path(paths.fill(paths.FEATURES_ROOT, data=data_dir))
+    datasets = sorted(p.name.removesuffix(".dvc") for p in root.glob("*.dvc"))
     if not datasets:
-        log(f"no {data_dir}/features/*.dvc files: nothing to mark up to date")
+        log(f"no {root}/*.dvc files: nothing to mark up to date")
         return 0
-    targets = [f"{data_dir}/features/{d}/{name}" for d in datasets for name in OUTPUT_FILES]
+    targets = [paths.feature(data_dir, d, name) for d in datasets for name in paths.VIDEO_FEATURES]
     touch = subprocess.run([snakemake, "--touch", "--cores", "1", *targets, *snakemake_args])
     if touch.returncode == 0:
         log(f"pulled and marked up to date: {', '.join(datasets)}")

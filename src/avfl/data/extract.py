@@ -28,6 +28,7 @@ from typing import Any
 import av
 import numpy as np
 
+from avfl import paths
 from avfl.data import audio, ucf101, video
 from avfl.data.manifest import (
     STATUS_DROPPED,
@@ -48,7 +49,7 @@ __all__ = [
     "summarise",
 ]
 
-OUTPUT_FILES = ("manifest.tsv", "frames.npy", "fbank.npy", "norm_stats.json")
+OUTPUT_FILES = paths.VIDEO_FEATURES
 SIDECAR_AUDIO_SUFFIX = ".wav"
 
 
@@ -194,14 +195,14 @@ def extract_dataset(
         torch.set_num_threads(caller_threads)
     rows = _build_rows(clips, results, settings["min_clips_per_class"])
     keep = [i for i, r in enumerate(rows) if r.status == STATUS_OK]
-    _compact(tmp_frames, keep, out / "frames.npy")
-    _compact(tmp_fbank, keep, out / "fbank.npy")
+    _compact(tmp_frames, keep, out / paths.FRAMES)
+    _compact(tmp_fbank, keep, out / paths.FBANK)
     del tmp_frames, tmp_fbank
     (out / "frames.tmp.npy").unlink()
     (out / "fbank.tmp.npy").unlink()
-    write_manifest(out / "manifest.tsv", rows)
-    stats = norm_stats(rows, np.load(out / "fbank.npy", mmap_mode="r"))
-    (out / "norm_stats.json").write_text(
+    write_manifest(out / paths.MANIFEST, rows)
+    stats = norm_stats(rows, np.load(out / paths.FBANK, mmap_mode="r"))
+    (out / paths.NORM_STATS).write_text(
         json.dumps({"settings": dict(settings), "folds": stats}, indent=2, sort_keys=True) + "\n"
     )
     return rows

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from avfl import paths
 from avfl.data import ucf101
 from avfl.data.manifest import STATUS_OK, ManifestRow, write_manifest
 
@@ -356,8 +357,8 @@ def generate_rehearsal(
 
     rows = _manifest_rows(settings, plan, names, duration, sample_rate, channels, frames)
     features.mkdir(parents=True, exist_ok=True)
-    write_manifest(features / "manifest.tsv", rows)
-    (features / "norm_stats.json").write_text(
+    write_manifest(features / paths.MANIFEST, rows)
+    (features / paths.NORM_STATS).write_text(
         json.dumps(
             {"settings": settings["extract"], "folds": stats, "rehearsal": settings},
             indent=2,
@@ -365,7 +366,7 @@ def generate_rehearsal(
         )
         + "\n"
     )
-    written = [features / "manifest.tsv", features / "norm_stats.json"]
+    written = [features / name for name in paths.REHEARSAL_FEATURES]
     for k in range(1, ucf101.N_SPLITS + 1):
         norm = stats[f"fold{k}"]
         # The backbone sees (fbank - mean) / (2 std) with the fold's statistics.

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from avfl.fl.engine import PhaseRun, run_phases
+from avfl.fl.engine import PhaseRequest, run_phases
 from avfl.fl.types import PhaseResult
 
 
@@ -28,10 +28,10 @@ class Coordinator:
     def __init__(self, n: int):
         self._cv = threading.Condition()
         self._live = n
-        self._pending: dict[int, PhaseRun] = {}
+        self._pending: dict[int, PhaseRequest] = {}
         self._results: dict[int, PhaseResult | _Failed] = {}
 
-    def submit(self, run_id: int, request: PhaseRun) -> PhaseResult:
+    def submit(self, run_id: int, request: PhaseRequest) -> PhaseResult:
         """Called from a run's thread: blocks until the phase has been run."""
         with self._cv:
             self._pending[run_id] = request
@@ -65,7 +65,7 @@ class Coordinator:
                 self._cv.notify_all()
 
 
-def _one_by_one(requests: Sequence[PhaseRun], error: Exception) -> list[PhaseResult | _Failed]:
+def _one_by_one(requests: Sequence[PhaseRequest], error: Exception) -> list[PhaseResult | _Failed]:
     """After a failed batch step, run each phase alone so that only the faulty runs fail."""
     if len(requests) == 1:
         return [_Failed(error)]
@@ -78,7 +78,7 @@ def _one_by_one(requests: Sequence[PhaseRun], error: Exception) -> list[PhaseRes
     return outcomes
 
 
-def run_batch(jobs: Sequence[Callable[[Callable[[PhaseRun], PhaseResult]], Any]]) -> list[Any]:
+def run_batch(jobs: Sequence[Callable[[Callable[[PhaseRequest], PhaseResult]], Any]]) -> list[Any]:
     """Run `jobs[i](runner)` for every i, where `runner(phase_run)` executes a phase.
 
     Returns each job's return value, or the exception it raised (a failed run does not stop

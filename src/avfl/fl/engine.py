@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from avfl import paths
 from avfl.evaluate import predict
 from avfl.fl import memory
 from avfl.fl.data import FederatedData
@@ -53,7 +54,7 @@ clock = time.monotonic  # when checkpoints are due (checkpoint_interval_s); test
 
 
 @dataclass
-class PhaseRun:
+class PhaseRequest:
     """One run's phase: what `run_phases` needs to advance it."""
 
     phase: Phase
@@ -137,10 +138,10 @@ def _copy(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 @dataclass
-class _Live:
+class PhaseProgress:
     """A run's phase in progress."""
 
-    run: PhaseRun
+    run: PhaseRequest
     server: Server
     state: dict[str, torch.Tensor]
     metrics: tuple[str, ...]
@@ -157,7 +158,9 @@ class _Live:
     @property
     def ckpt_path(self) -> Path | None:
         d = self.run.checkpoint_dir
-        return d / f"{self.run.phase.name}.ckpt" if d is not None else None
+        return (
+            d / paths.fill(paths.CHECKPOINT, phase=self.run.phase.name) if d is not None else None
+        )
 
     @property
     def done(self) -> bool:
@@ -186,7 +189,7 @@ class _Live:
         self.resumed_from = self.round
 
 
-def _start(run: PhaseRun) -> _Live:
+def _start(run: PhaseRequest) -> PhaseProgress:
     phase = run.phase
     if not phase.clients:
         raise RuntimeError(f"phase {phase.name}: no eligible clients")
@@ -194,7 +197,7 @@ def _start(run: PhaseRun) -> _Live:
     server = make_server(phase, PhaseContext(run.data, run.model, run.seed, run.cfg))
     metrics = (phase.select_by, *[m for m in phase.also_select if m != phase.select_by])
     structure = tuple((n, tuple(v.shape)) for n, v in run.model.state_dict().items())
-    live = _Live(run, server, _copy(run.initial_state), metrics, structure)
+    live = PhaseProgress(run, server, _copy(run.initial_state), metrics, structure)
     path = live.ckpt_path
     saved = (
         _load_checkpoint(path, run.log, phase.rounds)
@@ -211,7 +214,7 @@ def _start(run: PhaseRun) -> _Live:
     return live
 
 
-def _evaluate(live: _Live, first: bool = False) -> None:
+def _evaluate(live: PhaseProgress, first: bool = False) -> None:
     """Dev scores of the current state; the state becomes the best of a metric if it beats it."""
     run = live.run
     run.model.load_state_dict(live.state)
@@ -241,7 +244,7 @@ def _evaluate(live: _Live, first: bool = False) -> None:
     live.tic = time.perf_counter()
 
 
-def _same_bucket(a: tuple[_Live, Task], b: tuple[_Live, Task]) -> bool:
+def _same_bucket(a: tuple[PhaseProgress, Task], b: tuple[PhaseProgress, Task]) -> bool:
     (la, ta), (lb, tb) = a, b
     ra, rb = la.run, lb.run
     return (
@@ -255,24 +258,25 @@ def _same_bucket(a: tuple[_Live, Task], b: tuple[_Live, Task]) -> bool:
     )
 
 
-def _train_round(active: Sequence[_Live]) -> None:
-    """One round of every active run: select, plan, train in lockstep buckets, aggregate."""
-    jobs: list[tuple[_Live, int, Task]] = []
+def _train_round(active: Sequence[PhaseProgress]) -> None:
+    """One round of every active run: select clients, assign their tasks, train in lockstep
+    buckets, aggregate."""
+    assignments: list[tuple[PhaseProgress, int, Task]] = []  # (run's phase, client, task)
     for live in active:
         run = live.run
         rng = np.random.default_rng(derive_seed(run.seed, run.phase.name, live.round) % 2**63)
         eligible = sorted(run.phase.clients)
         sampled = live.server.select(live.round, rng, eligible, run.phase.clients_per_round)
-        tasks = live.server.plan(live.round, sampled, live.state)
-        jobs += [(live, client, tasks[client]) for client in sampled]
-    buckets: list[list[tuple[_Live, int, Task]]] = []
-    for job in jobs:
+        tasks = live.server.assign_tasks(live.round, sampled, live.state)
+        assignments += [(live, client, tasks[client]) for client in sampled]
+    buckets: list[list[tuple[PhaseProgress, int, Task]]] = []
+    for assignment in assignments:
         for bucket in buckets:
-            if _same_bucket((bucket[0][0], bucket[0][2]), (job[0], job[2])):
-                bucket.append(job)
+            if _same_bucket((bucket[0][0], bucket[0][2]), (assignment[0], assignment[2])):
+                bucket.append(assignment)
                 break
         else:
-            buckets.append([job])
+            buckets.append([assignment])
     updates: dict[int, list[ClientUpdate]] = {id(live): [] for live in active}
     free = memory.free_bytes(active[0].run.data.audio.device)
     held = 0  # bytes of the clients trained so far this round (fl/memory.py)
@@ -318,7 +322,7 @@ def _train_round(active: Sequence[_Live]) -> None:
         live.round += 1
 
 
-def run_phases(runs: Sequence[PhaseRun]) -> list[PhaseResult]:
+def run_phases(runs: Sequence[PhaseRequest]) -> list[PhaseResult]:
     """Run each run's phase to its end (resuming from checkpoints); runs advance together."""
     lives = [_start(run) for run in runs]
     saved_at = clock()  # the job's last checkpoint (its start counts as one)
@@ -344,7 +348,7 @@ def run_phases(runs: Sequence[PhaseRun]) -> list[PhaseResult]:
     return [_result(live) for live in lives]
 
 
-def _result(live: _Live) -> PhaseResult:
+def _result(live: PhaseProgress) -> PhaseResult:
     phase = live.run.phase
     _, selected_round, selected = live.best[phase.select_by]
     return PhaseResult(
@@ -373,5 +377,9 @@ def run_phase(
 ) -> PhaseResult:
     """One run's phase on its own (a batch of one)."""
     return run_phases(
-        [PhaseRun(phase, model, initial_state, data, cfg, seed, checkpoint_dir, log, stop_after)]
+        [
+            PhaseRequest(
+                phase, model, initial_state, data, cfg, seed, checkpoint_dir, log, stop_after
+            )
+        ]
     )[0]

@@ -82,7 +82,7 @@ class FedAvgServer:
     ) -> list[int]:
         return sorted(rng.choice(eligible, size=min(k, len(eligible)), replace=False).tolist())
 
-    def plan(
+    def assign_tasks(
         self, rnd: int, clients: Sequence[int], state: Mapping[str, torch.Tensor]
     ) -> dict[int, Task]:
         return {c: self.phase.task_of(c) for c in clients}

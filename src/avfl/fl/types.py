@@ -67,7 +67,7 @@ class Server(Protocol):
         self, rnd: int, rng: np.random.Generator, eligible: Sequence[int], k: int
     ) -> list[int]: ...
 
-    def plan(
+    def assign_tasks(
         self, rnd: int, clients: Sequence[int], state: Mapping[str, torch.Tensor]
     ) -> dict[int, Task]: ...
 

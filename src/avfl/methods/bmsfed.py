@@ -361,7 +361,7 @@ class BMSFedServer:
         scores = torch.stack([self._client_scores(rnd, c) for c in clients]).tolist()
         return {c: a / max(v, 1e-12) for c, (a, v) in zip(clients, scores, strict=True)}
 
-    def plan(self, rnd: int, clients: Sequence[int], state) -> dict[int, BMSFedTask]:
+    def assign_tasks(self, rnd: int, clients: Sequence[int], state) -> dict[int, BMSFedTask]:
         self.scratch.load_state_dict(state)
         tasks = {}
         rhos = self._rhos(rnd, [c for c in clients if self.video[c]])
@@ -514,7 +514,7 @@ def bmsfed(ctx: RunContext) -> MethodResult:
     from avfl.fl.types import Phase
     from avfl.methods.context import MethodResult
 
-    s = ctx.settings
+    s = ctx.method_settings
     hidden = ctx.model.audio_head.weight.shape[1]
     model = _model_class()(ctx.model, ctx.data.n_classes, hidden, s["audio_model"]).to(
         ctx.data.audio.device

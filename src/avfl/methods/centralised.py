@@ -99,10 +99,10 @@ def centralised(ctx: RunContext) -> MethodResult:
         n.startswith(("audio_backbone.", "visual_backbone."))
         for n, _ in ctx.model.named_parameters()
     )
-    if frozen and ctx.settings["linear_probe"]:
+    if frozen and ctx.method_settings["linear_probe"]:
         for modality in ("audio", "visual"):
             metrics[f"probe_{modality}"] = linear_probe(
-                ctx, modality, ctx.settings["probe_strengths"]
+                ctx, modality, ctx.method_settings["probe_strengths"]
             )
     evaluate = {kind: phases[kind].state for kind in KINDS}
     return MethodResult(ctx.model, phases, evaluate, metrics=metrics)

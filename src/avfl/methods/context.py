@@ -11,7 +11,7 @@ import torch
 
 from avfl.errors import UserError
 from avfl.fl.data import FederatedData
-from avfl.fl.engine import PhaseRun
+from avfl.fl.engine import PhaseRequest
 from avfl.fl.types import Phase, PhaseResult, TrainSettings
 
 
@@ -24,9 +24,9 @@ class RunContext:
     initial_state: dict[str, torch.Tensor]
     train: TrainSettings
     federated: Mapping[str, Any]  # the `federated` block in effect for this method
-    settings: Mapping[str, Any]  # the method's own config block
+    method_settings: Mapping[str, Any]  # the method's own config block (methods.<name>)
     seed: int
-    runner: Callable[[PhaseRun], PhaseResult]  # executes a phase (alone or in a batch)
+    runner: Callable[[PhaseRequest], PhaseResult]  # executes a phase (alone or in a batch)
     checkpoint_dir: Path | None = None
     rate: float | None = None  # None: a rate-independent run (e.g. Harmony's audio model)
     log: Callable[[str], None] = print
@@ -43,7 +43,7 @@ class RunContext:
     ) -> PhaseResult:
         """Run one federated phase (resuming from its checkpoint) and return its result."""
         return self.runner(
-            PhaseRun(
+            PhaseRequest(
                 phase,
                 model if model is not None else self.model,
                 initial_state if initial_state is not None else self.initial_state,

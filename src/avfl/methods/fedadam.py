@@ -41,8 +41,8 @@ class AdamServer:
     def select(self, rnd, rng, eligible, k):
         return self.base.select(rnd, rng, eligible, k)
 
-    def plan(self, rnd, clients, state):
-        return self.base.plan(rnd, clients, state)
+    def assign_tasks(self, rnd, clients, state):
+        return self.base.assign_tasks(rnd, clients, state)
 
     def aggregate(
         self, rnd: int, state: Mapping[str, torch.Tensor], updates: Sequence[ClientUpdate]
@@ -107,7 +107,7 @@ def fedadam(ctx: RunContext) -> MethodResult:
     """MultiFL's clients with a server-side Adam optimizer on the averaged update."""
     from avfl.methods.multifl import modality_aware_phase, modality_aware_result
 
-    settings = ctx.settings
+    settings = ctx.method_settings
     phase = modality_aware_phase(
         ctx, settings["multimodal_audio_head_weight"],
         server=lambda p, c: AdamServer(p, c, settings),

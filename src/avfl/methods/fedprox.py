@@ -98,8 +98,8 @@ def fedprox(ctx: RunContext) -> MethodResult:
     """MultiFL with the proximal term on every client's local objective."""
     from avfl.methods.multifl import modality_aware_phase, modality_aware_result
 
-    mu = ctx.settings["mu"]
+    mu = ctx.method_settings["mu"]
     phase = modality_aware_phase(
-        ctx, ctx.settings["multimodal_audio_head_weight"], wrap=lambda t: Proximal(t, mu)
+        ctx, ctx.method_settings["multimodal_audio_head_weight"], wrap=lambda t: Proximal(t, mu)
     )
     return modality_aware_result(ctx, "fedprox", ctx.run(phase))

@@ -46,7 +46,7 @@ def harmony(ctx: RunContext) -> MethodResult:
     phases = {"stage1_audio": audio}
     evaluate = {"audio": audio.state}
     multimodal = ctx.data.multimodal
-    if ctx.rate is not None and ctx.settings["fusion_stage"] and multimodal:
+    if ctx.rate is not None and ctx.method_settings["fusion_stage"] and multimodal:
         visual = ctx.run(Phase("harmony_visual", multimodal, lambda c: VisualTask(), fed["rounds"],
                                fed["clients_per_round"], "visual"))  # fmt: skip
         start = dict(ctx.initial_state)
@@ -54,7 +54,7 @@ def harmony(ctx: RunContext) -> MethodResult:
         start.update({k: v for k, v in visual.state.items() if group_of(k) in VISUAL_MODEL})
         fusion = ctx.run(
             Phase("harmony_fusion", multimodal, lambda c: AVTask(),
-                  ctx.settings["fusion_rounds"] or fed["rounds"], fed["clients_per_round"], "av",
+                  ctx.method_settings["fusion_rounds"] or fed["rounds"], fed["clients_per_round"], "av",
                   start_is_candidate=True),
             initial_state=start,
         )  # fmt: skip

@@ -187,7 +187,7 @@ def modalitymirror(ctx: RunContext) -> MethodResult:
     from avfl.methods.context import MethodResult
     from avfl.models.heads import WithTeacher, group_of
 
-    s = ctx.settings
+    s = ctx.method_settings
     multimodal = ctx.data.multimodal
     if not multimodal:
         raise UserError(

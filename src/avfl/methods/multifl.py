@@ -72,5 +72,5 @@ def modality_aware_result(ctx: RunContext, name: str, result) -> MethodResult:
 )
 def multifl(ctx: RunContext) -> MethodResult:
     """Modality-aware FedAvg over all clients; the shared audio model is reported."""
-    phase = modality_aware_phase(ctx, ctx.settings["multimodal_audio_head_weight"])
+    phase = modality_aware_phase(ctx, ctx.method_settings["multimodal_audio_head_weight"])
     return modality_aware_result(ctx, "multifl", ctx.run(phase))

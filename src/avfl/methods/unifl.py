@@ -53,7 +53,7 @@ def unifl(ctx: RunContext) -> MethodResult:
     n = len(data.clients)
 
     def per_round(group_size: int) -> int:
-        if ctx.settings["sampling"] == "per_group":
+        if ctx.method_settings["sampling"] == "per_group":
             return fed["clients_per_round"]
         return max(1, math.floor(fed["clients_per_round"] * group_size / n + 0.5))
 
@@ -64,7 +64,7 @@ def unifl(ctx: RunContext) -> MethodResult:
         )
     }  # fmt: skip
     evaluate = {"audio": phases["audio_group"].state}
-    if multimodal and ctx.settings["train_multimodal_group"]:
+    if multimodal and ctx.method_settings["train_multimodal_group"]:
         phases["multimodal_group"] = ctx.run(
             Phase("unifl_av", multimodal, lambda c: AVTask(), fed["rounds"],
                   per_round(len(multimodal)), "av")

@@ -7,12 +7,11 @@ Figure 3 of every variant.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-FIGURE_FORMATS = ("pdf", "svg", "png")
+from avfl import paths, runrecord
 
 
 def _select(runs, dataset: str, sources: Mapping[str, str]) -> list[dict[str, Any]]:
@@ -30,9 +29,11 @@ def write_reports(
     from avfl.records import write_json
     from avfl.report import captions, figures, tables
 
+    p = paths
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [json.loads(Path(p).read_text()) for p in sorted(map(str, metrics))]
+    runs = [runrecord.read(p) for p in sorted(map(str, metrics))]
     datasets = settings["datasets"]
     sources = settings["sources"]
     methods, references = settings["methods"], settings["references"]
@@ -41,41 +42,38 @@ def write_reports(
     rates = settings["table1_rates"]
     rows = tables.table1_rows(default, datasets, rates, methods, references)
     notes = [n for d in datasets for n in tables.budget_notes(default[d], methods)]
-    (out / "table1.csv").write_text(tables.table1_csv(rows))
+    (out / f"{p.TABLE1}.csv").write_text(tables.table1_csv(rows))
     markdown = tables.table1_markdown(rows, rates, notes)
-    (out / "table1.md").write_text(markdown)
-    (out / "table1.tex").write_text(tables.table1_latex(rows, rates, notes))
-    figures.figure2(
-        default, settings["figure2_rate"], [out / f"fig2_label_f1.{e}" for e in FIGURE_FORMATS]
-    )
+    (out / f"{p.TABLE1}.md").write_text(markdown)
+    (out / f"{p.TABLE1}.tex").write_text(tables.table1_latex(rows, rates, notes))
+    figures.figure2(default, settings["figure2_rate"], p.figure_files(out, p.FIGURE2))
     lines = figures.figure3(default, datasets, settings["figure3_rates"], methods,
-                            [out / f"fig3_missing_rate.{e}" for e in FIGURE_FORMATS], references)  # fmt: skip
+                            p.figure_files(out, p.FIGURE3), references)  # fmt: skip
     markdown_log = markdown + "\nFigure 3 lines: " + "; ".join(lines) + "\n"
     shown = [r for d in datasets for r in default[d]]
-    (out / "captions").mkdir(exist_ok=True)
-    (out / "captions/table1.rst").write_text(
-        captions.table1_caption(shown, rows, datasets, rates, notes, methods)
-    )
-    (out / "captions/fig2.rst").write_text(
-        captions.figure2_caption(settings["figure2_rate"], datasets)
-    )
-    (out / "captions/fig3.rst").write_text(
-        captions.figure3_caption(shown, datasets, settings["figure3_rates"], methods)
-    )
+    texts = {
+        "table1": captions.table1_caption(shown, rows, datasets, rates, notes, methods),
+        "fig2": captions.figure2_caption(settings["figure2_rate"], datasets),
+        "fig3": captions.figure3_caption(shown, datasets, settings["figure3_rates"], methods),
+    }
+    for name in p.CAPTIONS:
+        caption = out / p.fill(p.CAPTION, name=name)
+        caption.parent.mkdir(exist_ok=True)
+        caption.write_text(texts[name])
     # What this folder reports: the workflow refuses to write another configuration's report
     # over it (avfl.plan.Plan.check_report_folder).
-    write_json(out / "experiment.json", settings["identity"])
+    write_json(out / p.IDENTITY, settings["identity"])
     if len(settings["variants"]) > 1:
         ablation = []
         for d in datasets:
             ablation += tables.ablation_rows(
                 by_variant[d], settings["changed"][d], datasets[d], rates, d
             )
-        (out / "ablations.csv").write_text(tables.ablation_csv(ablation))
-        (out / "ablations.md").write_text(tables.ablation_markdown(ablation, rates))
-        (out / "ablations.tex").write_text(tables.ablation_latex(ablation, rates))
+        (out / f"{p.ABLATIONS}.csv").write_text(tables.ablation_csv(ablation))
+        (out / f"{p.ABLATIONS}.md").write_text(tables.ablation_markdown(ablation, rates))
+        (out / f"{p.ABLATIONS}.tex").write_text(tables.ablation_latex(ablation, rates))
         shown = settings.get("report_variants") or settings["variants"]
         panels = {d: {v: by_variant[d][v] for v in shown if v in by_variant[d]} for d in datasets}
         figures.figure3_variants(panels, datasets, settings["figure3_rates"], methods, references,
-                                 [out / f"fig3_variants.{e}" for e in FIGURE_FORMATS])  # fmt: skip
+                                 p.figure_files(out, p.FIGURE3_VARIANTS))  # fmt: skip
     return markdown_log

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable
 from pathlib import Path
+
+from avfl import runrecord
 
 COLUMNS = [
     "dataset", "variant", "fold", "method", "role", "model", "rate", "seed", "top1", "top5",
@@ -20,23 +21,19 @@ def runs_csv(paths: Iterable[str | Path]) -> str:
     writer = csv.writer(handle, lineterminator="\n")
     writer.writerow(COLUMNS)
     for path in sorted(map(str, paths)):
-        r = json.loads(Path(path).read_text())
-        models = {"audio": r["test"], **r.get("test_by_model", {})}
-        health = r.get("health", {})
-        total = r.get("budget", {}).get("total", {})
+        r = runrecord.read(path)
+        models = {"audio": r["test"], **r["test_by_model"]}
+        health = r["health"]
+        total = r["budget"]["total"]
         for model, test in models.items():
             findings = sorted(
-                {
-                    f["check"]
-                    for f in health.get("findings", [])
-                    if f["model"] in (model, *r.get("rounds", {}))
-                }
+                {f["check"] for f in health["findings"] if f["model"] in (model, *r["rounds"])}
             )
             writer.writerow([
-                r["dataset"], r.get("variant", "default"), r["fold"], r["method"], r.get("role", "method"),
+                r["dataset"], r["variant"], r["fold"], r["method"], r["role"],
                 model, "" if r["rate"] is None else r["rate"], r["seed"], test["top1"], test["top5"],
-                test["macro_f1"], test["n"], int(health.get("ok", True)), ";".join(findings),
-                total.get("client_trainings", ""), total.get("local_steps", ""), r.get("batch_size", 1),
+                test["macro_f1"], test["n"], int(health["ok"]), ";".join(findings),
+                total["client_trainings"], total["local_steps"], r["batch_size"],
                 r["device"].split(" ")[0], r["wall_time_s"], r["peak_memory_mb"], r["config_hash"], path,
             ])  # fmt: skip
     return handle.getvalue()

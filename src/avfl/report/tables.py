@@ -9,7 +9,6 @@ the learning-health check carries a dagger, explained in a footnote.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,8 +29,10 @@ DAGGER = "†"
 
 
 def collect_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Every metrics.json under `root`, sorted by path (deterministic)."""
-    return [json.loads(p.read_text()) for p in sorted(Path(root).rglob("metrics.json"))]
+    """Every run record under `root`, validated, sorted by path (deterministic)."""
+    from avfl import paths, runrecord
+
+    return [runrecord.read(p) for p in sorted(Path(root).rglob(paths.METRICS))]
 
 
 def display_name(method: str, model: str = "audio") -> str:
@@ -52,7 +53,7 @@ def row_keys(methods: Sequence[str], references: Sequence[str]) -> list[tuple[st
 
 
 def _test(run: Mapping[str, Any], model: str) -> Mapping[str, Any] | None:
-    return run["test"] if model == "audio" else run.get("test_by_model", {}).get(model)
+    return run["test"] if model == "audio" else run["test_by_model"].get(model)
 
 
 def accuracy_cells(
@@ -68,7 +69,7 @@ def accuracy_cells(
         targets = rates if run["rate"] is None else [run["rate"]]
         for rate in targets:
             per_seed[(run["method"], float(rate), run["seed"])].append(100.0 * test[metric])
-            if not run.get("health", {}).get("ok", True):
+            if not run["health"]["ok"]:
                 unhealthy[(run["method"], float(rate))] += 1
     cells: dict[tuple[str, float], dict[str, Any]] = {}
     for method in sorted({m for m, _, _ in per_seed}):
@@ -164,7 +165,7 @@ def budget_notes(runs: Iterable[Mapping[str, Any]], methods: Sequence[str]) -> l
     """Per method: mean client trainings and local optimizer steps per run (consumed runs included)."""
     totals: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for run in runs:
-        total = run.get("budget", {}).get("total")
+        total = run["budget"]["total"]
         if total:
             totals[run["method"]].append((total["client_trainings"], total["local_steps"]))
     notes = []
@@ -291,8 +292,8 @@ def print_table(
     rates = sorted(rates) if rates else found
     datasets = sorted({r["dataset"] for r in runs})
     by_dataset = {d: [r for r in runs if r["dataset"] == d] for d in datasets}
-    methods = sorted({r["method"] for r in runs if r.get("role", "method") == "method"})
-    references = sorted({r["method"] for r in runs if r.get("role") == "reference"})
+    methods = sorted({r["method"] for r in runs if r["role"] == "method"})
+    references = sorted({r["method"] for r in runs if r["role"] == "reference"})
     rows = table1_rows(by_dataset, dict.fromkeys(datasets, metric), rates, methods, references)
     return table1_markdown(rows, rates, budget_notes(runs, methods))
 
