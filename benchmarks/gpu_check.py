@@ -205,18 +205,6 @@ def tail(text: str, n: int) -> str:
 # --- machine facts -------------------------------------------------------------------------
 
 
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or None
-
-
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -774,7 +762,7 @@ def main() -> int:
         print(f"        {s.status}, rc {s.rc}, {s.seconds:.1f} s"
               + (f": {s.output.strip().splitlines()[-1][:160]}" if s.output.strip() else ""), flush=True)  # fmt: skip
 
-    machine = {"cpu_model": cpu_model(), "cores": cores(), "cpu_count": os.cpu_count(),
+    machine = {"cpu_model": benchmark_record.cpu_model(), "cores": cores(), "cpu_count": os.cpu_count(),
                "nvidia_smi": nvidia_smi()}  # fmt: skip
     record = {
         "date": now_iso(),

@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
-import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -255,59 +252,11 @@ def time_way(
     return time.perf_counter() - start
 
 
-def cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or None
-
-
-def gpu_name(device: str) -> str | None:
-    """The GPU's name: from torch on a CUDA run, from nvidia-smi (CUDA untouched) otherwise."""
-    if device == "cuda":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    if shutil.which("nvidia-smi"):
-        try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=30)  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            return None
-        names = [n.strip() for n in out.stdout.splitlines() if n.strip()]
-        return ", ".join(names) if out.returncode == 0 and names else None
-    return None
-
-
-def git_describe() -> str | None:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO,
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (out.stdout.strip() or None) if out.returncode == 0 else None
-
-
 def machine(device: str) -> dict:
-    """What the figures were measured on."""
-    import torch
-
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count()
-    return {
-        "device": device, "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-        "python": sys.version.split()[0], "cpu_model": cpu_model(), "cores": os.cpu_count(),
-        "usable_cores": usable, "gpu": gpu_name(device),
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "git_describe": git_describe(),
-    }  # fmt: skip
+    """What the figures were measured on (benchmarks/record.py), with the run's device, date
+    and code version."""
+    return {**benchmark_record.machine(use_torch=True), "device": device,
+            "date": benchmark_record.now(), "git_describe": benchmark_record.code_version()}  # fmt: skip
 
 
 def record_figures(record: dict) -> dict:

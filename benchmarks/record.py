@@ -87,6 +87,10 @@ def _cpuinfo() -> tuple[str | None, list[str]]:
     return model or platform.processor() or None, [f for f in FLAGS if f in flags]
 
 
+def cpu_model() -> str | None:
+    return _cpuinfo()[0]
+
+
 def _gpu_name(torch_module) -> str | None:
     """The GPU's name: from torch where CUDA is usable, else from nvidia-smi where present."""
     if torch_module is not None:
