@@ -63,7 +63,8 @@ def test_no_gpu_and_a_cpu_build_are_named():
 def test_which_code_runs_where():
     assert runs_on((8, 6), CU130) and runs_on((8, 9), CU130) and runs_on((12, 0), CU130)
     assert not runs_on((7, 0), CU130) and not runs_on((6, 1), CU130)
-    assert not runs_on((10, 3), ("sm_90", "sm_100a")) or runs_on((10, 3), ("sm_100",))
+    assert runs_on((10, 3), ("sm_90", "sm_100a"))  # a family variant's cubin runs on its family
+    assert not runs_on((9, 0), ("sm_100", "sm_120")) and not runs_on((12, 1), ("sm_100",))
     assert runs_on((10, 3), ("sm_90", "compute_90"))  # PTX is compiled for newer GPUs
 
 

@@ -147,7 +147,7 @@ def train_rows(
     if stacked_step is not None and not stacked.supports(model):
         stacked_step = None
     lockstep = cfg.lockstep and supports_lockstep(model)
-    if stacked_step is None and not lockstep and rows > 1:
+    if not trains_in_lockstep(model, task, cfg) and rows > 1:
         # The row path trains one row at a time anyway: give each row its own optimizer
         # buffers, freed when it is done, instead of every row's parameters, gradients and
         # moments at once (fine-tuning SSAST-Base + ResNet-18 holds about 2 GB per row). A
