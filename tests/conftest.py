@@ -152,6 +152,7 @@ def tiny_job(
         "federated": {**config["federated"], **TINY_FEDERATED, **(federated or {})},
         "partition": config["partition"],
         "extract": training["extract"],
+        "selection_metric": "top1",
         "method": block,
         "consumes": {},
     }

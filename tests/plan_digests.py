@@ -23,8 +23,10 @@ def _digest(value) -> str:
 
 
 def shipped_configs() -> dict[str, list[Path]]:
+    from avfl.config import config_layers
+
     overlays = sorted(p for p in (REPO / "config").glob("*.yaml") if p.name != "config.yaml")
-    return {"config": []} | {p.stem: [p] for p in overlays}
+    return {"config": []} | {p.stem: config_layers(p) for p in overlays}
 
 
 def plan_digests(files: list[Path]) -> dict:

@@ -143,4 +143,6 @@ def test_variants_are_overlays_validated_like_the_config():
     "name", sorted(p.name for p in (REPO / "config").glob("*.yaml") if p.name != "config.yaml")
 )
 def test_every_shipped_config_validates_on_top_of_the_default(name):
-    load_config([REPO / "config/config.yaml", REPO / "config" / name])
+    from avfl.config import config_layers
+
+    load_config([REPO / "config/config.yaml", *config_layers(REPO / "config" / name)])

@@ -289,6 +289,29 @@ def test_best_dev_selection_keeps_the_first_best_round():
     assert all("train_loss" in point for point in result.dev_curve)
 
 
+def test_models_are_selected_on_top5_where_the_report_is_top5():
+    """ActivityNet reports top-5: its phases keep the round of the best dev top-5 (the curve
+    records top-1 beside it, for the health guard)."""
+    from avfl.fl.engine import dev_score
+
+    data = make_data(n_clients=2, classes=8, n=60)
+    phase = Phase(
+        "p", range(2), lambda c: AudioTask(), rounds=6, clients_per_round=2, select_by="audio"
+    )
+    torch.manual_seed(0)
+    model = AVModel(6, 5, 8, hidden=8, dropout=0.0)
+    result = run_phase(phase, model, initial(model), data,
+                       settings(selection="best_dev", lr=0.5, selection_metric="top5"), 0, log=quiet)  # fmt: skip
+    top5 = [point["dev_audio_top5"] for point in result.dev_curve]
+    assert all("dev_audio_top1" in point for point in result.dev_curve)
+    assert top5.index(max(top5)) == result.selected_round - 1
+    assert all(
+        a <= b for a, b in zip((p["dev_audio_top1"] for p in result.dev_curve), top5, strict=True)
+    )
+    model.load_state_dict(result.state)
+    assert dev_score(model, data, "audio", 8) == 1.0  # top-k over every class is always right
+
+
 def test_a_phase_that_starts_from_a_trained_model_never_reports_worse_than_its_start():
     data = make_data(n_clients=2)
     trained_model = fresh_model()

@@ -138,6 +138,51 @@ def test_the_direct_kernels_step_exactly_as_torch_optim_does(optimizer):
         assert torch.equal(ours.padded(n), theirs[n]), n
 
 
+@pytest.mark.parametrize("clip", [None, 10.0, 0.5], ids=["no-clip", "clip-10", "clip-0.5"])
+@pytest.mark.parametrize("momentum", [0.0, 0.9], ids=["plain", "momentum"])
+def test_fedmultimodals_sgd_steps_each_row_exactly_as_torch_optim_and_clip_grad_norm(
+    momentum, clip
+):
+    """SGD with momentum, weight decay and gradient clipping (FedMultimodal's local optimizer):
+    each row of the stack ends bit for bit where a client's own torch.optim.SGD(foreach=True),
+    after torch.nn.utils.clip_grad_norm_ on its model's gradients, ends. Rows finish at
+    different steps (a prefix keeps training), and the gradients come both given and in place."""
+    from dataclasses import replace
+
+    torch.manual_seed(3)
+    shapes = {"w": (51, 128), "b": (51,), "v": (13, 3)}  # aligned and padded blocks
+    rows, steps = 4, [6, 6, 4, 2]
+    settings = replace(cfg("sgd"), momentum=momentum, grad_clip_norm=clip, weight_decay=1e-5)
+    starts = [{n: torch.randn(*s) for n, s in shapes.items()} for _ in range(rows)]
+    grads = [
+        [{n: 3 * torch.randn(*s) for n, s in shapes.items()} for _ in range(6)] for _ in range(rows)
+    ]
+    ours = RowOptimizer(starts, list(shapes), settings)
+    for step in range(6):
+        k = sum(1 for n in steps if n > step)
+        if step % 2:  # gradients given
+            ours.step({n: torch.stack([grads[r][step][n] for r in range(k)]) for n in shapes}, k)
+        else:  # gradients already in the buffer (the written-out kernels)
+            for n in shapes:
+                ours.grad_views[n][:k].copy_(torch.stack([grads[r][step][n] for r in range(k)]))
+            ours.step(active=k)
+    clipped = 0
+    for r in range(rows):
+        params = [starts[r][n].clone().requires_grad_(True) for n in shapes]
+        reference = torch.optim.SGD(params, lr=settings.lr, momentum=momentum,
+                                    weight_decay=settings.weight_decay, foreach=True)  # fmt: skip
+        for step in range(steps[r]):
+            for p, n in zip(params, shapes, strict=True):
+                p.grad = grads[r][step][n].clone()
+            if clip is not None:
+                norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                clipped += int(norm > clip)
+            reference.step()
+        for p, n in zip(params, shapes, strict=True):
+            assert torch.equal(ours.params[n][r], p.detach()), (r, n)
+    assert (clipped > 0) == (clip is not None)  # the clip was reached, so it was tested
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_a_step_of_every_row_from_the_gradient_buffer_equals_a_step_per_parameter(optimizer):
     """The written-out kernels' step (one kernel call over the flat buffer, gradients already in

@@ -39,8 +39,9 @@ def test_reads_multifl_result_instead_of_retraining(tiny_training, tmp_path):
     )
     assert mirror["test_by_model"]["av"] == multifl_record["test_by_model"]["av"]
     assert mirror["consumed"]["multifl"]["config_hash"] == phase1.config_hash
-    # Phase 2 starts from a trained model: its start is round 0 of the curve, a candidate.
-    assert mirror["dev_curve"]["distill"][0]["round"] == 0
+    # The paper's selection: among phase 2's rounds only, its start is not a candidate.
+    assert mirror["dev_curve"]["distill"][0]["round"] == 5
+    assert mirror["selected_round"]["distill"] > 0
     # Its budget includes phase 1's.
     assert (
         mirror["budget"]["total"]["client_trainings"] > mirror["budget"]["own"]["client_trainings"]
@@ -104,6 +105,8 @@ def test_distillation_loss_directions_and_temperature():
     {"audio_only_clients": "train"},
     {"student_init": "phase1_encoder"},
     {"phase1_state": "last"},
+    {"kl_direction": "teacher_to_student"},
+    {"phase2_rounds": 0.5},
 ])  # fmt: skip
 def test_open_choices_change_the_run(tiny_training, tmp_path, change):
     multifl(tiny_training, tmp_path / "multifl")
@@ -126,6 +129,38 @@ def test_open_choices_change_the_run(tiny_training, tmp_path, change):
             == default["budget"]["own"]["client_trainings"]
         )
         assert other["budget"]["own"]["local_steps"] != default["budget"]["own"]["local_steps"]
+
+
+def test_the_fallback_makes_the_start_a_candidate_it_can_select(tiny_training, tmp_path):
+    """start_is_candidate: phase 2's start (MultiFL's selected audio model) is evaluated as
+    round 0; if no distilled round beats it on dev, ModalityMirror reports MultiFL's model."""
+    import json
+
+    multifl(tiny_training, tmp_path / "multifl")
+    phase1 = json.loads((tmp_path / "multifl" / run_folder(0.25, 0) / "metrics.json").read_text())
+    # A learning rate far too large: distillation only makes the student worse.
+    job = tiny_job(tiny_training, tmp_path / "mm", "modalitymirror", (0.25,),
+                   settings={"start_is_candidate": True}, federated={"client_lr": 30.0},
+                   consumes={"multifl": tmp_path / "multifl"})  # fmt: skip
+    (mirror,) = run_job(job, log=quiet)
+    curve = mirror["dev_curve"]["distill"]
+    assert curve[0]["round"] == 0
+    assert curve[0]["dev_audio_top1"] > max(p["dev_audio_top1"] for p in curve[1:])
+    assert mirror["selected_round"]["distill"] == 0
+    assert mirror["test"]["top1"] == phase1["test"]["top1"]
+
+
+def test_phase_budgets_are_shares_of_the_federated_rounds():
+    """phase1_rounds / phase2_rounds are shares of federated.rounds, so a budget is right on a
+    config of any round count; below 1, phase 1 is a shorter MultiFL run, not MultiFL's row."""
+    from avfl.methods import get_method
+
+    spec = get_method("modalitymirror")
+    for rounds in (100, 200, 7):
+        fed = {"rounds": rounds}
+        assert spec.consumed_overrides({}, fed) == {}
+        half = spec.consumed_overrides({"phase1_rounds": 0.5}, fed)
+        assert half == {"multifl": {"rounds": max(1, round(rounds / 2))}}
 
 
 def test_student_from_harmony_consumes_harmony(tiny_training, tmp_path):

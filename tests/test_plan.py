@@ -64,6 +64,30 @@ def test_a_partition_overlay_has_its_own_partitions():
     assert {r.partition.split("/")[3] for r in p.all_runs} == {"default", "iid"}
 
 
+def test_an_equal_budget_trains_a_shorter_phase1_without_changing_the_multifl_row():
+    equal = {
+        "methods.modalitymirror.phase1_rounds": 0.5,
+        "methods.modalitymirror.phase2_rounds": 0.5,
+    }
+    p = plan(federated={"rounds": 30}, experiment={"variants": {"equal": equal}})
+    derived = "equal-for-modalitymirror"
+    assert methods_trained(p, "equal") == {"modalitymirror"}
+    assert methods_trained(p, derived) == {"multifl"}  # phase 1's own 15-round MultiFL
+    (phase1,) = {j.spec.settings["federated"]["rounds"] for j in p.jobs if j.variant == derived}
+    assert phase1 == 15
+    (mm,) = [r for r in p.all_runs if r.variant == "equal" and r.rate == 0.5 and r.seed == 0
+             and r.fold == 1]  # fmt: skip
+    assert f"/runs/{derived}/" in dict(mm.consumes)["multifl"]
+    # The MultiFL row of the variant is MultiFL's own 30-round run, and derived variants are
+    # planned but never reported.
+    assert p.run_variant("tiny", "equal", "multifl") == "default"
+    assert p.configuration.reported == ["default", "equal"]
+    assert derived not in p.changed_methods("tiny")
+    # The same shares on a config of another round count: the phase is half of its rounds.
+    q = plan(federated={"rounds": 40}, experiment={"variants": {"equal": equal}})
+    assert {j.spec.settings["federated"]["rounds"] for j in q.jobs if j.variant == derived} == {20}
+
+
 def test_identical_variants_share_runs():
     p = plan(
         experiment={

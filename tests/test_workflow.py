@@ -305,7 +305,10 @@ def test_ucf101_from_an_existing_copy(tmp_path: Path, tiny_raw: Path):
     ],
 )
 def test_dry_runs_plan_every_shipped_config_and_lint_is_clean(tmp_path: Path, configfile: str):
-    args = ["--configfile", str(REPO / configfile)] if configfile else []
+    from avfl.config import config_layers
+
+    layers = config_layers(REPO / configfile) if configfile else []
+    args = ["--configfile", *map(str, layers)] if configfile else []
     dry = snakemake(tmp_path, "-n", "all", *args)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert {"partition", "train", "collect", "report", "all"} <= scheduled(dry)

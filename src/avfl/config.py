@@ -11,6 +11,7 @@ import difflib
 import functools
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -148,6 +149,17 @@ def _semantic_problems(config: Mapping[str, Any], check_variants: bool = True) -
             yield f"config key 'experiment.methods': '{name}' is a reference, not a method; references always run"
     if check_variants:
         yield from _variant_problems(config)
+    blocks = {"federated": config["federated"]} | {
+        f"methods.{m}.federated": {**config["federated"], **b["federated"]}
+        for m, b in config.get("methods", {}).items()
+        if isinstance(b, Mapping) and b.get("federated")
+    }
+    for where, fed in blocks.items():
+        if fed.get("momentum", 0) and fed["optimizer"] != "sgd":
+            yield (
+                f"config key '{where}.momentum': momentum is SGD's; with optimizer "
+                f"{fed['optimizer']} set it to 0 (or set optimizer: sgd)"
+            )
     datasets = config["datasets"]
     for name in config["run_datasets"]:
         if name not in datasets:
@@ -186,6 +198,19 @@ def _semantic_problems(config: Mapping[str, Any], check_variants: bool = True) -
                 yield f"config key 'model.mode': the rehearsal dataset '{name}' has embeddings only: use frozen"
         elif "rehearsal" in ds:
             yield f"config key '{prefix}.rehearsal': only valid with source 'rehearsal'"
+
+
+LAYERED_ON = re.compile(r"^# Layered on (config/[\w.-]+\.yaml)", re.M)
+
+
+def config_layers(path: str | Path) -> list[Path]:
+    """The files an overlay is run with after config.yaml: the shipped overlays it names in a
+    `# Layered on config/<name>.yaml` line (an overlay of an overlay, such as one fold of the
+    rehearsal), then itself."""
+    path = Path(path)
+    root = path.resolve().parent.parent
+    below = [root / m for m in LAYERED_ON.findall(path.read_text())]
+    return [p for b in below for p in config_layers(b)] + [path]
 
 
 def load_config(paths: Iterable[str | Path]) -> dict[str, Any]:

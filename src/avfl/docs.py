@@ -22,7 +22,7 @@ import json
 import platform
 import re
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,8 @@ BLOCK = re.compile(
     re.S,
 )
 SNAPSHOT_FILES = (f"{paths.TABLE1}.md", f"{paths.FIGURE2}.png", f"{paths.FIGURE3}.png",
-                  f"{paths.ABLATIONS}.md", f"{paths.FIGURE3_VARIANTS}.png", paths.RUNS_TABLE)  # fmt: skip
+                  f"{paths.ABLATIONS}.md", f"{paths.FIGURE3_VARIANTS}.png", paths.RUNS_TABLE,
+                  f"{paths.CLAIMS}.md", f"{paths.CLAIMS}.csv")  # fmt: skip
 
 
 # --- the schema ---------------------------------------------------------------------------
@@ -465,13 +466,59 @@ def results_block(experiment: str, what: str, root: Path = REPO, link_prefix: st
     """A snapshot's table (or ablation table) with its provenance line."""
     folder = root / "docs" / "results" / experiment
     meta_path = folder / "snapshot.json"
-    name = {"table1": f"{paths.TABLE1}.md", "ablations": f"{paths.ABLATIONS}.md"}[what]
+    name = {"table1": f"{paths.TABLE1}.md", "ablations": f"{paths.ABLATIONS}.md",
+            "claims": f"{paths.CLAIMS}.md"}[what]  # fmt: skip
     if not (folder / name).exists() or not meta_path.exists():
         return f"*No snapshot of `{experiment}` yet: run it, then `python -m avfl docs --snapshot results/report/{experiment}`.*\n"
     meta = json.loads(meta_path.read_text())
     body = (folder / name).read_text().rstrip() + "\n"
+    if what == "claims":  # inside a page: its title goes, its sections move down a level
+        lines = body.splitlines()[1:]
+        body = (
+            "\n".join("#" + line if line.startswith("##") else line for line in lines).strip()
+            + "\n"
+        )
     return (body + f"\n*Generated from `results/report/{experiment}/` of a run with avfl "
             f"{release(meta['code_version'])} on {meta['machine']}, {meta['date'][:10]}.*\n")  # fmt: skip
+
+
+def claims_summary(experiments: Sequence[str], root: Path = REPO) -> str:
+    """The verdicts of the paper's claims in the snapshots of `experiments` (claims.csv), one
+    row per claim and one column per variant: S supported, C contradicted, ? inconclusive,
+    one letter per Table 1 rate."""
+    import csv
+
+    letter = {"supported": "S", "contradicted": "C", "inconclusive": "?"}
+    lines = []
+    for experiment in experiments:
+        path = root / "docs" / "results" / experiment / f"{paths.CLAIMS}.csv"
+        if not path.exists():
+            lines += [f"*No claims snapshot of `{experiment}` yet.*", ""]
+            continue
+        rows = list(csv.DictReader(path.open()))
+        meta = json.loads((path.parent / "snapshot.json").read_text())
+        for dataset in dict.fromkeys(r["dataset"] for r in rows):
+            mine = [r for r in rows if r["dataset"] == dataset]
+            variants = list(dict.fromkeys(r["variant"] for r in mine))
+            claims = list(dict.fromkeys(r["text"] for r in mine))
+            runs = max(int(r["n"]) for r in mine)
+            lines += [f"`{experiment}` ({dataset}, up to {runs} paired runs; avfl "
+                      f"{release(meta['code_version'])}, {meta['date'][:10]}):", "",
+                      "| Claim | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]  # fmt: skip
+            for text in claims:
+                cells = []
+                for v in variants:
+                    found = [r for r in mine if r["variant"] == v and r["text"] == text]
+                    cells.append(" ".join(letter[r["verdict"]] for r in found) or "--")
+                rates = [
+                    r["rate"] for r in mine if r["variant"] == variants[0] and r["text"] == text
+                ]
+                label = text + (
+                    f" ({', '.join(f'{100 * float(x):g}' for x in rates)} %)" if rates[0] else ""
+                )
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # --- putting it together ------------------------------------------------------------------
@@ -536,6 +583,18 @@ def blocks(root: Path = REPO) -> dict[tuple[Path, str], Callable[[], str]]:
     return {
         (root / "README.md", "table1"): lambda: results_block("embedded", "table1", root),
         (root / "README.md", "headline"): lambda: headline(records),
+        (root / "README.md", "claims"): lambda: claims_summary(
+            ["ablations", "rehearsal_fold1"], root
+        ),
+        (root / "docs/results/embedded.md", "claims"): lambda: results_block(
+            "ablations", "claims", root
+        ),
+        (root / "docs/results/rehearsal.md", "table1"): lambda: results_block(
+            "rehearsal_fold1", "table1", root
+        ),
+        (root / "docs/results/rehearsal.md", "claims"): lambda: results_block(
+            "rehearsal_fold1", "claims", root
+        ),
         (root / "README.md", "methods"): lambda: methods_table(
             [s for s in specs.values() if s.role == "method"]
         ),

@@ -37,7 +37,8 @@ def chance_level(confusion: Sequence[Sequence[int]]) -> float:
 
 
 def _dev_top1(record: Mapping[str, Any], model: str) -> float | None:
-    """The best dev top-1 of `model` over the run's phases (the selected state's score), if recorded."""
+    """The best dev top-1 of `model` over the run's phases, if recorded (the selected state's
+    score where models are selected on top-1)."""
     key = f"dev_{model}_top1"
     values = [
         p[key]

@@ -58,6 +58,7 @@ TABLE1 = "table1"
 FIGURE2 = "fig2_label_f1"
 FIGURE3 = "fig3_missing_rate"
 ABLATIONS = "ablations"
+CLAIMS = "claims"  # the paper's claims, tested (report/claims.py)
 FIGURE3_VARIANTS = "fig3_variants"
 RUNS_TABLE = "runs.csv"
 IDENTITY = "experiment.json"  # what a report folder reports (its experiment and datasets)
@@ -117,6 +118,7 @@ def report_files(report: str, variants: bool) -> dict[str, list[str]]:
         "fig3": [f"{report}/{FIGURE3}.{e}" for e in FIGURE_FORMATS],
         "captions": [f"{report}/{fill(CAPTION, name=n)}" for n in CAPTIONS],
         "identity": [f"{report}/{IDENTITY}"],
+        "claims": [f"{report}/{CLAIMS}.{e}" for e in TABLE_FORMATS],
     }
     if variants:
         files["ablations"] = [f"{report}/{ABLATIONS}.{e}" for e in TABLE_FORMATS]

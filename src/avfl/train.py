@@ -50,12 +50,14 @@ from avfl.records import save_torch, verify_checksum, with_checksum, write_json
 _GLOBAL_RNG = threading.Lock()
 
 
-def train_settings(fed: Mapping[str, Any]) -> TrainSettings:
+def train_settings(fed: Mapping[str, Any], selection_metric: str = "top1") -> TrainSettings:
     return TrainSettings(
         local_epochs=fed["local_epochs"], batch_size=fed["batch_size"], lr=fed["client_lr"],
         optimizer=fed["optimizer"], weight_decay=fed["weight_decay"], eval_every=fed["eval_every"],
         selection=fed["selection"], checkpoint_every=fed["checkpoint_every"],
         lockstep=fed.get("lockstep", True), checkpoint_interval_s=fed.get("checkpoint_interval_s", 0.0),
+        momentum=fed.get("momentum", 0.0), grad_clip_norm=fed.get("grad_clip_norm"),
+        selection_metric=selection_metric,
     )  # fmt: skip
 
 
@@ -259,7 +261,7 @@ def _one_run(job: JobSpec, run: RunSpec, fold: FoldTensors, device: torch.device
         checkpoints.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(
             data=data, model=model, initial_state={k: v.clone() for k, v in model.state_dict().items()},
-            train=train_settings(job.settings["federated"]), federated=job.settings["federated"],
+            train=train_settings(job.settings["federated"], job.settings["selection_metric"]), federated=job.settings["federated"],
             method_settings=job.settings["method"], seed=run.seed, runner=runner, checkpoint_dir=checkpoints,
             rate=run.rate, log=say, consumed=consumed, stop_after=stop_after,
         )  # fmt: skip

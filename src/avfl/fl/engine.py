@@ -68,12 +68,24 @@ class PhaseRequest:
     stop_after: int | None = None  # end after this many rounds in total (tests simulate a kill)
 
 
-def dev_score(model: torch.nn.Module, data: FederatedData, metric: str) -> float:
-    """Top-1 accuracy on the dev split of the audio, audio-visual or visual model."""
+def dev_score(model: torch.nn.Module, data: FederatedData, metric: str, k: int = 1) -> float:
+    """Top-k accuracy on the dev split of the audio, audio-visual or visual model."""
+    return dev_scores(model, data, metric, k)[k]
+
+
+def dev_scores(
+    model: torch.nn.Module, data: FederatedData, metric: str, k: int = 1
+) -> dict[int, float]:
+    """Top-1 and top-k accuracy on the dev split, from one forward pass."""
     if data.dev.numel() == 0:
-        return float("nan")
+        return {1: float("nan"), k: float("nan")}
     logits = predict(model, data, data.dev, metric)
-    return float((logits.argmax(dim=1) == data.labels[data.dev]).float().mean())
+    labels = data.labels[data.dev]
+    scores = {1: float((logits.argmax(dim=1) == labels).float().mean())}
+    if k != 1:
+        top = logits.topk(min(k, logits.shape[1]), dim=1).indices
+        scores[k] = float((top == labels.unsqueeze(1)).any(dim=1).float().mean())
+    return scores
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
@@ -219,9 +231,12 @@ def _evaluate(live: PhaseProgress, first: bool = False) -> None:
     run = live.run
     run.model.load_state_dict(live.state)
     point: dict[str, float] = {"round": live.round}
+    k = 5 if run.cfg.selection_metric == "top5" else 1
     for metric in live.metrics:
-        score = dev_score(run.model, run.data, metric)
-        point[f"dev_{metric}_top1"] = round(score, 6)
+        scores = dev_scores(run.model, run.data, metric, k)  # top-1 too: the health guard's
+        for at, value in sorted(scores.items()):
+            point[f"dev_{metric}_top{at}"] = round(value, 6)
+        score = scores[k]
         best = live.best.get(metric)
         if (
             first
@@ -235,11 +250,11 @@ def _evaluate(live: PhaseProgress, first: bool = False) -> None:
         point["train_loss"] = round(float(np.mean(live.losses)), 6)
         live.losses = []
     live.curve.append(point)
-    main = point[f"dev_{run.phase.select_by}_top1"]
+    main = point[f"dev_{run.phase.select_by}_top{k}"]
     loss = f" loss {point['train_loss']:.4f}" if "train_loss" in point else ""
     run.log(
         f"[{run.phase.name}] round {live.round}/{run.phase.rounds} dev {run.phase.select_by} "
-        f"top1 {main:.4f}{loss} ({time.perf_counter() - live.tic:.2f} s)"
+        f"top{k} {main:.4f}{loss} ({time.perf_counter() - live.tic:.2f} s)"
     )
     live.tic = time.perf_counter()
 
@@ -285,7 +300,9 @@ def _train_round(active: Sequence[PhaseProgress]) -> None:
         live0, _, task0 = bucket[0]
         trained = sum(v.numel() for n, v in live0.state.items()
                       if group_of(n) in task0.groups and v.is_floating_point())  # fmt: skip
-        per_row = memory.row_bytes(trained, 4, first.cfg.optimizer == "adam")
+        per_row = memory.row_bytes(
+            trained, 4, first.cfg.optimizer == "adam", first.cfg.momentum > 0
+        )
         at_once = memory.rows_per_chunk(
             len(bucket), per_row, trains_in_lockstep(first.model, task0, first.cfg), free, held,
             where=f"phase {first.phase.name}, round {live0.round}",

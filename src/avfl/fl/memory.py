@@ -41,9 +41,13 @@ class RowBytes:
     held: int  # after it has trained, until aggregation: its trained parameters
 
 
-def row_bytes(trained_parameters: int, element_size: int, adam: bool) -> RowBytes:
-    """Parameters and gradients, plus Adam's two moments; the parameters stay held."""
-    return RowBytes(trained_parameters * element_size * (4 if adam else 2),
+def row_bytes(
+    trained_parameters: int, element_size: int, adam: bool, momentum: bool = False
+) -> RowBytes:
+    """Parameters and gradients, plus Adam's two moments or SGD's momentum buffer; the
+    parameters stay held."""
+    buffers = 4 if adam else 3 if momentum else 2
+    return RowBytes(trained_parameters * element_size * buffers,
                     trained_parameters * element_size)  # fmt: skip
 
 

@@ -16,9 +16,10 @@ parameter after parameter, each parameter's rows contiguous: `params[name]` and
 of the rows (the others have finished their local steps) calls it per parameter on the
 prefix of each block. Both do the same arithmetic on every element (tested).
 
-Adam calls PyTorch's fused kernel (one pass per step) and SGD its multi-tensor ops directly,
-with the arguments `torch.optim.Adam(fused=True)` and `torch.optim.SGD(foreach=True)` pass
-them (the same numbers; tested against them): constructing a `torch.optim` optimizer imports
+Adam calls PyTorch's fused kernel (one pass per step) and SGD (with momentum) its multi-tensor
+ops directly, with the arguments `torch.optim.Adam(fused=True)` and `torch.optim.SGD(foreach=True)`
+pass them, and gradient clipping computes `torch.nn.utils.clip_grad_norm_`'s norms per row (the
+same numbers; tested against them): constructing a `torch.optim` optimizer imports
 TorchDynamo, about 2 s of every training process's start-up, and its per-step bookkeeping
 costs more than the kernels on small models.
 """
@@ -46,6 +47,7 @@ class RowOptimizer:
         """`starts[i][name]`: row i's starting value of each parameter `name` (copied in)."""
         self.cfg = cfg
         self.adam = cfg.optimizer == "adam"
+        self.momentum = 0.0 if self.adam else cfg.momentum
         self.names = list(names)
         self.rows = rows = len(starts)
         self.shapes = {name: tuple(starts[0][name].shape) for name in self.names}
@@ -70,11 +72,13 @@ class RowOptimizer:
             ]
 
         # Parameters and gradients are written whole before they are read: only their padding
-        # is zeroed (below). The moments start at zero.
+        # is zeroed (below). The moments start at zero; SGD's momentum buffers take the first
+        # step's gradients whole (torch.optim.SGD clones them), then accumulate.
         self.flat_params, self.flat_grads = flat(zero=False), flat(zero=False)
-        self.exp_avgs = flat(zero=True) if self.adam else []
+        self.exp_avgs = flat(zero=True) if self.adam or self.momentum else []
         self.exp_avg_sqs = flat(zero=True) if self.adam else []
         self.steps = [torch.zeros((), dtype=torch.float32, device=device) for device, _ in kinds]
+        self.sgd_steps = 0  # on the host: whether SGD's momentum buffers hold a gradient yet
         self.params: dict[str, torch.Tensor] = {}
         self.grad_views: dict[str, torch.Tensor] = {}
         for name in self.names:
@@ -118,6 +122,15 @@ class RowOptimizer:
         """
         active = self.rows if active is None else active
         kinds = range(len(self.flat_params))
+        clipping = self.cfg.grad_clip_norm is not None
+        if clipping and grads is not None:  # the norms are taken over the gradient buffers
+            for name in self.names:
+                self.grad_views[name][:active].copy_(
+                    grads[name].reshape(self.grad_views[name][:active].shape)
+                )
+            grads = None
+        if clipping:
+            self.clip(active)
         if grads is None and active == self.rows:  # every row: one tensor per kind
             self._update(kinds, [[t] for t in self.flat_params], [[t] for t in self.flat_grads],
                          [[t] for t in self.exp_avgs], [[t] for t in self.exp_avg_sqs])  # fmt: skip
@@ -138,13 +151,33 @@ class RowOptimizer:
                     grad[:, :n].copy_(given)
             params[kind].append(self._block(self.flat_params, name, active))
             grad_blocks[kind].append(grad)
-            if self.adam:
+            if self.exp_avgs:
                 moments[kind].append(self._block(self.exp_avgs, name, active))
+            if self.adam:
                 squares[kind].append(self._block(self.exp_avg_sqs, name, active))
         self._update(kinds, params, grad_blocks, moments, squares)
 
+    def clip(self, active: int) -> None:
+        """Scale each of the first `active` rows' gradients to a global L2 norm of at most
+        `grad_clip_norm`, as `torch.nn.utils.clip_grad_norm_` does for one model: the norm of
+        the per-parameter norms, and the factor min(max_norm / (norm + 1e-6), 1)."""
+        max_norm = float(self.cfg.grad_clip_norm)
+        views = [self.grad_views[name][:active] for name in self.names]
+        # Every row's per-parameter norms in one call, row after row (as each row's own call).
+        norms = torch._foreach_norm([v[row] for row in range(active) for v in views], 2.0)
+        per_row = len(views)
+        totals = torch.stack([
+            torch.linalg.vector_norm(torch.stack(norms[i * per_row : (i + 1) * per_row]), 2.0)
+            for i in range(active)
+        ])  # fmt: skip
+        coef = torch.clamp(max_norm / (totals + 1e-6), max=1.0)
+        for name in self.names:
+            block = self._block(self.flat_grads, name, active)
+            block.mul_(coef.view(active, 1).to(block.dtype))
+
     def _update(self, kinds, params, grads, moments, squares) -> None:
         lr, weight_decay = self.cfg.lr, self.cfg.weight_decay
+        first = bool(self.momentum) and self.sgd_steps == 0
         with torch.no_grad():
             for k in kinds:
                 if self.adam:
@@ -161,4 +194,13 @@ class RowOptimizer:
                         if weight_decay != 0
                         else grads[k]
                     )
+                    if self.momentum:  # torch.optim.SGD: buf = g at the first step, then
+                        if first:  # buf = momentum * buf + g; the step follows buf
+                            torch._foreach_copy_(moments[k], update)
+                        else:
+                            torch._foreach_mul_(moments[k], self.momentum)
+                            torch._foreach_add_(moments[k], update, alpha=1.0)
+                        update = moments[k]
                     torch._foreach_add_(params[k], update, alpha=-lr)
+        if not self.adam:
+            self.sgd_steps += 1

@@ -145,6 +145,9 @@ class TrainSettings:
     # Fewest seconds between a job's checkpoints at multiples of `checkpoint_every` (0: every
     # multiple). Checkpoints cost time and disk (BMSFed's hold its update rows), not results.
     checkpoint_interval_s: float = 0.0
+    momentum: float = 0.0  # SGD's
+    grad_clip_norm: float | None = None  # a local step's largest gradient norm (None: no clip)
+    selection_metric: str = "top1"  # the dev metric that selects a phase's model: top1 | top5
 
 
 def derive_seed(*parts: int | str) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from avfl.methods.spec import method, setting
+from avfl.methods.spec import method, rounds_of, setting
 
 if TYPE_CHECKING:
     from avfl.methods.context import MethodResult, RunContext
@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     cite="Ouyang et al., Harmony: heterogeneous multimodal federated learning through disentangled model training, MobiSys 2023",
     settings=[
         setting("fusion_stage", True, "Harmony's second stage; runs only when a rate is given (the reported audio model is stage 1's)", type="boolean"),
-        setting("fusion_rounds", None, "null: the federated rounds, as every stage of the paper's uniform setting", type=["integer", "null"], minimum=1),
+        setting("fusion_rounds", 1.0, "stage 2's rounds as a share of federated.rounds: 1 gives it the federated rounds, as every stage of the paper's uniform setting", type="number", exclusiveMinimum=0, maximum=10),
+        setting("fusion_start_is_candidate", False, "the fusion stage is selected among its own rounds, as ModalityMirror's phase 2 is (its start_is_candidate): neither paper describes a fallback to the stage's start", type="boolean"),
     ],
 )  # fmt: skip
 def harmony(ctx: RunContext) -> MethodResult:
@@ -54,8 +55,8 @@ def harmony(ctx: RunContext) -> MethodResult:
         start.update({k: v for k, v in visual.state.items() if group_of(k) in VISUAL_MODEL})
         fusion = ctx.run(
             Phase("harmony_fusion", multimodal, lambda c: AVTask(),
-                  ctx.method_settings["fusion_rounds"] or fed["rounds"], fed["clients_per_round"], "av",
-                  start_is_candidate=True),
+                  rounds_of(ctx.method_settings["fusion_rounds"], fed["rounds"]), fed["clients_per_round"],
+                  "av", start_is_candidate=ctx.method_settings["fusion_start_is_candidate"]),
             initial_state=start,
         )  # fmt: skip
         phases |= {"stage1_visual": visual, "stage2_fusion": fusion}

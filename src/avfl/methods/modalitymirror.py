@@ -4,8 +4,10 @@ Phase 1 is modality-aware FL, i.e. MultiFL: its saved result for the same (datas
 rate, seed) is loaded, never retrained. Phase 2 is federated distillation on the multimodal
 ("data-rich") clients: the phase-1 audio-visual model is the teacher, an audio student
 learns from it locally, and the server averages the student. The audio model reported is
-the student. Phase 2 starts from a trained model, so its start is evaluated as round 0 and
-can be selected: distillation that makes the audio model worse reports no worse than its start.
+the student, selected among phase 2's rounds (`start_is_candidate` lets phase 2's start, i.e.
+MultiFL's model, be selected too). The phases' rounds are shares of `federated.rounds`, so a
+budget is right on every config: 1 and 1 (the default) give each phase the federated rounds,
+0.5 and 0.5 give the whole method the rounds of one run.
 
 The paper leaves most of phase 2 open; each choice is a setting, and each default follows
 the paper's text where it speaks and standard practice where it does not (the reasons are
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from avfl.errors import UserError
-from avfl.methods.spec import method, setting
+from avfl.methods.spec import method, rounds_of, setting
 
 if TYPE_CHECKING:
     import torch
@@ -146,19 +148,29 @@ def _consumes(settings: Mapping[str, Any]) -> tuple[str, ...]:
     return ("multifl",) + (("harmony",) if settings["student_init"] == "harmony_audio" else ())
 
 
+def _phase1_federated(
+    settings: Mapping[str, Any], federated: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Phase 1 below the full budget: a MultiFL run of that many rounds, not MultiFL's row."""
+    if settings["phase1_rounds"] == 1.0:
+        return {}
+    return {"multifl": {"rounds": rounds_of(settings["phase1_rounds"], federated["rounds"])}}
+
+
 @method(
     name="modalitymirror",
     display="ModalityMirror",
     colour="#C44E52",
     consumes=_consumes,
+    consumed_federated=_phase1_federated,
     cite="Feng, Zhang, Avestimehr, Narayanan, ModalityMirror (Interspeech 2024 workshop / arXiv)",
     settings=[
         setting(
-            "kl_direction", "teacher_to_student",
-            "standard distillation (Hinton et al., 2015) minimises KL(p_M || p_A), which is what "
-            "F.kl_div(log p_A, p_M) computes, the usual code behind the paper's written KL(p_A || p_M); "
-            "student_to_teacher is the literal (mode-seeking) reading",
-            enum=["teacher_to_student", "student_to_teacher"],
+            "kl_direction", "student_to_teacher",
+            "the paper's loss (Section 3.2.3) is KL(p_A || p_M), p_A the student's softened "
+            "distribution and p_M the teacher's; teacher_to_student is standard distillation "
+            "(Hinton et al., 2015), KL(p_M || p_A), which F.kl_div(log p_A, p_M) computes",
+            enum=["student_to_teacher", "teacher_to_student"],
         ),
         setting("temperature", 2.0, "the paper introduces T without a value; 2 is a common choice (PyTorch's distillation tutorial), the ablation covers 1 and 4", type="number", exclusiveMinimum=0),
         setting("t2_scaling", True, "Hinton et al. scale the softened KL by T^2 so its gradients keep their size as T changes", type="boolean"),
@@ -174,7 +186,27 @@ def _consumes(settings: Mapping[str, Any]) -> tuple[str, ...]:
         ),
         setting("student_init", "phase1_audio", "the student is the audio model of phase 1, which all clients trained (Section 3.2.1); phase1_encoder resets its head, harmony_audio starts from Harmony's stage-1 audio model", enum=["phase1_audio", "phase1_encoder", "harmony_audio"]),
         setting("audio_only_clients", "idle", "phase 2 runs on the multimodal clients only (Section 3.2.3, Algorithm 2); train lets audio-only clients train the student with cross-entropy and averages them in", enum=["idle", "train"]),
-        setting("rounds", None, "phase 2's rounds; null: the federated rounds, as every stage of the paper's uniform setting (200)", type=["integer", "null"], minimum=1),
+        setting(
+            "phase1_rounds", 1.0,
+            "phase 1's rounds as a share of federated.rounds: 1 reads MultiFL's own run (its Table 1 row), "
+            "as the paper's phase 1 is MultiFL (Sections 3.2.2 and 5.1); below 1 trains a shorter MultiFL for it, "
+            "so that phase1_rounds 0.5 with phase2_rounds 0.5 gives ModalityMirror the budget of one 200-round run",
+            type="number", exclusiveMinimum=0, maximum=1,
+        ),
+        setting(
+            "phase2_rounds", 1.0,
+            "phase 2's rounds as a share of federated.rounds: the paper's \"uniform setting of 200 communication "
+            "rounds\" (Section 5.1) read per stage, as its MultiFL row is its phase 1; the equal_budget variant "
+            "reads it per method (0.5 and 0.5)",
+            type="number", exclusiveMinimum=0, maximum=10,
+        ),
+        setting(
+            "start_is_candidate", False,
+            "the paper selects the student among phase 2's models and describes no fallback to phase 1's "
+            "(Section 3.2.3); true also lets phase 2's start (MultiFL's selected audio model) be selected, so "
+            "ModalityMirror can never be worse than MultiFL on dev",
+            type="boolean",
+        ),
         setting("clients_per_round", None, "phase 2's clients per round; null: the federated value", type=["integer", "null"], minimum=1),
     ],
 )  # fmt: skip
@@ -221,9 +253,9 @@ def modalitymirror(ctx: RunContext) -> MethodResult:
     phase = Phase(
         "modalitymirror_distill", eligible,
         lambda c: audio_task if c in audio_only else distill,
-        s["rounds"] or ctx.federated["rounds"],
+        rounds_of(s["phase2_rounds"], ctx.federated["rounds"]),
         s["clients_per_round"] or ctx.federated["clients_per_round"],
-        "audio", start_is_candidate=True,
+        "audio", start_is_candidate=s["start_is_candidate"],
     )  # fmt: skip
     result = ctx.run(phase, model=model, initial_state=start)
     student_state = {k: v for k, v in result.state.items() if not k.startswith("teacher.")}

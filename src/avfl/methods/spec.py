@@ -33,6 +33,11 @@ class Setting:
         return {**self.schema, "default": self.default, "description": self.reason}
 
 
+def rounds_of(share: float, rounds: int) -> int:
+    """A phase's rounds as a share of the federated rounds (at least one)."""
+    return max(1, round(share * rounds))
+
+
 def setting(name: str, default: Any, reason: str, **schema: Any) -> Setting:
     """`setting("mu", 0.01, "why", type="number", minimum=0)`: schema keywords as JSON schema."""
     return Setting(name, default, reason, schema)
@@ -47,6 +52,10 @@ class MethodSpec:
     - `consumes`: methods whose saved result a run of this one loads instead of retraining
       (ModalityMirror's phase 1 is MultiFL's run); a function of the settings when it depends
       on them;
+    - `consumed_federated`: a function of (the settings, the federated block) giving, per
+      consumed method, the federated settings its consumed run trains with where they differ
+      from its own row's (ModalityMirror's phase 1 at an equal budget trains fewer rounds
+      than the MultiFL row); the planner trains such a run under a derived variant;
     - `role`: "method" (a row of Table 1 and a line of Figure 3) or "reference" (upper-bound
       rows and dashed lines that every method is compared with).
     """
@@ -58,6 +67,9 @@ class MethodSpec:
     uses_rate: bool = True
     settings: tuple[Setting, ...] = ()
     consumes: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = ()
+    consumed_federated: (
+        Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Mapping[str, Any]]] | None
+    ) = None
     role: str = "method"
     cite: str = ""
     summary: str = ""
@@ -93,6 +105,15 @@ class MethodSpec:
             return tuple(self.consumes({**self.defaults(), **(settings or {})}))
         return tuple(self.consumes)
 
+    def consumed_overrides(
+        self, settings: Mapping[str, Any] | None, federated: Mapping[str, Any]
+    ) -> dict[str, dict[str, Any]]:
+        """Per consumed method: the federated settings its consumed run differs in (or none)."""
+        if self.consumed_federated is None:
+            return {}
+        found = self.consumed_federated({**self.defaults(), **(settings or {})}, federated)
+        return {m: dict(o) for m, o in found.items() if o and m in self.requires(settings)}
+
 
 def method(
     *,
@@ -102,6 +123,7 @@ def method(
     uses_rate: bool = True,
     settings: tuple[Setting, ...] | list[Setting] = (),
     consumes: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = (),
+    consumed_federated: Callable[..., Mapping[str, Mapping[str, Any]]] | None = None,
     role: str = "method",
     cite: str = "",
     objective_drifts: bool = False,
@@ -113,7 +135,7 @@ def method(
         summary = (run.__doc__ or "").strip().splitlines()[0] if run.__doc__ else ""
         return MethodSpec(
             name=name, display=display, colour=colour, run=run, uses_rate=uses_rate,
-            settings=tuple(settings), consumes=consumes, role=role, cite=cite, summary=summary,
+            settings=tuple(settings), consumes=consumes, consumed_federated=consumed_federated, role=role, cite=cite, summary=summary,
             module=run.__module__, objective_drifts=objective_drifts, cost=cost,
         )  # fmt: skip
 

@@ -80,7 +80,13 @@ class Grid:
                               rate_label(rate) if rate is not None else None, seed)  # fmt: skip
         block = self.v.variants[variant]["methods"][method]
         consumes = tuple(
-            (c, self.run(dataset, variant, fold, c, rate, seed).dir) for c in spec.requires(block)
+            (
+                c,
+                self.run(
+                    dataset, self.v.consumed_variant(variant, method, c), fold, c, rate, seed
+                ).dir,
+            )
+            for c in spec.requires(block)
         )
         reference = None
         if spec.role != "reference" and self.references:
@@ -103,7 +109,7 @@ class Grid:
         """Every run to train: the reported ones and what they consume, each once."""
         found: dict[str, RunPaths] = {}
         pending = [
-            r for d in self.datasets for v in self.v.variants for r in self.reported_runs(d, v)
+            r for d in self.datasets for v in self.v.reported for r in self.reported_runs(d, v)
         ]
         while pending:
             run = pending.pop()
@@ -111,7 +117,6 @@ class Grid:
                 continue
             found[run.dir] = run
             for method, _ in run.consumes:
-                pending.append(
-                    self.run(run.dataset, run.variant, run.fold, method, run.rate, run.seed)
-                )
+                where = self.v.consumed_variant(run.variant, run.method, method)
+                pending.append(self.run(run.dataset, where, run.fold, method, run.rate, run.seed))
         return sorted(found.values(), key=lambda r: r.dir)

@@ -22,7 +22,7 @@ class Targets:
         return paths.report_dir(self.name)
 
     def report_files(self) -> dict[str, list[str]]:
-        return paths.report_files(self.report_dir(), variants=len(self.v.variants) > 1)
+        return paths.report_files(self.report_dir(), variants=len(self.v.reported) > 1)
 
     def report_runs(self) -> list[str]:
         """Every metrics.json the experiment's reports read."""
@@ -30,7 +30,7 @@ class Targets:
             {
                 r.metrics
                 for d in self.grid.datasets
-                for v in self.v.variants
+                for v in self.v.reported
                 for r in self.grid.reported_runs(d, v)
             }
         )
@@ -79,11 +79,11 @@ class Targets:
                 "datasets": {d: self.v.dataset(d)["report_metric"] for d in grid.datasets},
                 "table1_rates": exp["table1_rates"], "figure2_rate": exp["figure2_rate"],
                 "figure3_rates": exp["figure3_rates"], "methods": grid.methods,
-                "references": grid.references, "variants": list(self.v.variants),
+                "references": grid.references, "variants": self.v.reported,
                 "report_variants": exp["report_variants"],
                 "changed": {d: self.v.changed_methods(d, grid.methods) for d in grid.datasets},
                 "sources": {
-                    d: {v: {m: self.v.run_variant(d, v, m) for m in shown} for v in self.v.variants}
+                    d: {v: {m: self.v.run_variant(d, v, m) for m in shown} for v in self.v.reported}
                     for d in grid.datasets
                 },
             },

@@ -7,10 +7,16 @@ settings of the methods it consumes). Runs with the same effective settings are 
 they are trained once, under the first variant (in config order, `default` first) that needs
 them, and every other variant reads them from there. Partitions and embeddings are shared the
 same way, by their own settings.
+
+A consumed run can differ from the consumed method's own row (ModalityMirror's phase 1 at an
+equal budget trains fewer rounds than MultiFL's row): it lives under a *derived* variant,
+`<variant>-for-<consumer>`, the variant with the consumed method's federated settings
+overridden. Derived variants are planned and trained like the others but never reported.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from collections.abc import Callable, Mapping
@@ -54,6 +60,35 @@ class Variants:
         self.config = config
         self.data = config["data_dir"]
         self.variants = variant_configs(config)
+        self.reported = list(self.variants)  # the configured variants, `default` first
+        self.derived: dict[tuple[str, str, str], str] = {}  # (variant, consumer, consumed) ->
+        for name in self.reported:
+            for consumer, (consumed, cfg) in self._derive(self.variants[name]).items():
+                derived = f"{name}-for-{consumer}"
+                self.variants[derived] = cfg
+                for method in consumed:
+                    self.derived[(name, consumer, method)] = derived
+
+    @staticmethod
+    def _derive(cfg: Mapping[str, Any]) -> dict[str, tuple[list[str], dict[str, Any]]]:
+        """consumer -> (the methods it consumes with other federated settings than their own,
+        the config whose runs of them it reads)."""
+        found = {}
+        for consumer, block in cfg["methods"].items():
+            federated = {**cfg["federated"], **block.get("federated", {})}
+            wanted = get_method(consumer).consumed_overrides(block, federated)
+            if not wanted:
+                continue
+            derived = copy.deepcopy(dict(cfg))
+            for consumed, overrides in wanted.items():
+                own = derived["methods"][consumed]
+                own["federated"] = {**own.get("federated", {}), **overrides}
+            found[consumer] = (list(wanted), derived)
+        return found
+
+    def consumed_variant(self, variant: str, consumer: str, consumed: str) -> str:
+        """The variant under which `consumer`'s runs of `variant` find their `consumed` run."""
+        return self.derived.get((variant, consumer, consumed), variant)
 
     def dataset(self, name: str) -> dict[str, Any]:
         return self.config["datasets"][name]
@@ -141,8 +176,13 @@ class Variants:
             "federated": {**cfg["federated"], **overrides},
             "partition": cfg["partition"],
             "extract": self.dataset(dataset)["extract"],
+            # Models are selected on the metric Table 1 reports (top-5 on ActivityNet).
+            "selection_metric": self.dataset(dataset)["report_metric"],
             "method": block,
-            "consumes": {c: self.config_hash(dataset, variant, c) for c in spec.requires(block)},
+            "consumes": {
+                c: self.config_hash(dataset, self.consumed_variant(variant, method, c), c)
+                for c in spec.requires(block)
+            },
         }
 
     @memo
@@ -162,6 +202,6 @@ class Variants:
         """variant -> the methods whose runs it changes (trains under its own name)."""
         return {
             v: [m for m in methods if self.run_variant(dataset, v, m) == v]
-            for v in self.variants
+            for v in self.reported
             if v != "default"
         }

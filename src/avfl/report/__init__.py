@@ -27,7 +27,7 @@ def write_reports(
 ) -> str:
     """Write every report file into `out`; returns Table 1 in Markdown (for the log)."""
     from avfl.records import write_json
-    from avfl.report import captions, figures, tables
+    from avfl.report import captions, claims, figures, tables
 
     p = paths
 
@@ -42,6 +42,11 @@ def write_reports(
     rates = settings["table1_rates"]
     rows = tables.table1_rows(default, datasets, rates, methods, references)
     notes = [n for d in datasets for n in tables.budget_notes(default[d], methods)]
+    notes += [
+        n
+        for d in datasets
+        for n in tables.start_notes(default[d], methods, [float(r) for r in rates])
+    ]
     (out / f"{p.TABLE1}.csv").write_text(tables.table1_csv(rows))
     markdown = tables.table1_markdown(rows, rates, notes)
     (out / f"{p.TABLE1}.md").write_text(markdown)
@@ -63,6 +68,18 @@ def write_reports(
     # What this folder reports: the workflow refuses to write another configuration's report
     # over it (avfl.plan.Plan.check_report_folder).
     write_json(out / p.IDENTITY, settings["identity"])
+    # The paper's claims under the configuration and every reported variant.
+    tested = claims.claims_for(methods, rates, settings["figure2_rate"])
+    shown_variants = settings.get("report_variants") or settings["variants"]
+    found = []
+    for d in datasets:
+        source = settings["identity"]["datasets"][d]["source"]
+        found += claims.claim_rows(by_variant[d], shown_variants, tested, datasets[d], source, d)
+    (out / f"{p.CLAIMS}.csv").write_text(claims.claims_csv(found))
+    (out / f"{p.CLAIMS}.md").write_text(
+        claims.claims_markdown(found, settings["identity"]["experiment"])
+    )
+    (out / f"{p.CLAIMS}.tex").write_text(claims.claims_latex(found))
     if len(settings["variants"]) > 1:
         ablation = []
         for d in datasets:

@@ -11,9 +11,15 @@ from avfl import runrecord
 
 COLUMNS = [
     "dataset", "variant", "fold", "method", "role", "model", "rate", "seed", "top1", "top5",
-    "macro_f1", "n_test", "health_ok", "health_findings", "client_trainings", "local_steps",
+    "macro_f1", "n_test", "health_ok", "health_findings", "start_selected", "client_trainings", "local_steps",
     "batch_size", "device", "wall_time_s", "peak_memory_mb", "config_hash", "path",
 ]  # fmt: skip
+
+
+def start_selected(record) -> list[str]:
+    """The phases whose kept model is their start (round 0): a phase that starts from a
+    consumed model and may keep it (start_is_candidate) fell back to it."""
+    return sorted(phase for phase, chosen in record["selected_round"].items() if chosen == 0)
 
 
 def runs_csv(paths: Iterable[str | Path]) -> str:
@@ -33,6 +39,7 @@ def runs_csv(paths: Iterable[str | Path]) -> str:
                 r["dataset"], r["variant"], r["fold"], r["method"], r["role"],
                 model, "" if r["rate"] is None else r["rate"], r["seed"], test["top1"], test["top5"],
                 test["macro_f1"], test["n"], int(health["ok"]), ";".join(findings),
+                ";".join(start_selected(r)),
                 total["client_trainings"], total["local_steps"], r["batch_size"],
                 r["device"].split(" ")[0], r["wall_time_s"], r["peak_memory_mb"], r["config_hash"], path,
             ])  # fmt: skip

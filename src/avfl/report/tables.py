@@ -179,6 +179,28 @@ def budget_notes(runs: Iterable[Mapping[str, Any]], methods: Sequence[str]) -> l
     return notes
 
 
+def start_notes(
+    runs: Iterable[Mapping[str, Any]], methods: Sequence[str], rates: Sequence[float] | None = None
+) -> list[str]:
+    """Per method whose runs kept a phase's start: how many, out of how many (runs.csv's
+    start_selected). Such a run reports the model it started from (ModalityMirror's with
+    start_is_candidate: MultiFL's), not one its own phase trained."""
+    from avfl.report.runs_table import start_selected
+
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for run in runs:
+        if rates is not None and run["rate"] is not None and float(run["rate"]) not in rates:
+            continue  # the footnote is Table 1's: its rates only
+        counts[run["method"]][0] += bool(start_selected(run))
+        counts[run["method"]][1] += 1
+    return [
+        f"{display_name(m)}: {counts[m][0]} of {counts[m][1]} runs kept their phase's starting "
+        "model (selected round 0, the consumed model; runs.csv start_selected)"
+        for m, _ in row_keys(methods, [])
+        if counts.get(m, [0])[0]
+    ]
+
+
 def _cell_text(r: Mapping[str, Any] | None, pm: str, missing: str) -> str:
     if r is None:
         return missing
