@@ -123,3 +123,23 @@ def test_captions_say_what_the_runs_hold():
         healthy, rows, {"synthetic": "top1"}, [0.5], []
     )
     assert "rate (10 %, 50 %)" in captions.figure3_caption(RUNS, {"synthetic": "top1"}, [0.1, 0.5])
+
+
+def test_runs_that_kept_their_phases_start_are_counted_in_runs_csv_and_a_footnote():
+    """start_is_candidate lets a phase keep its start (round 0): runs.csv names the phase and
+    Table 1's footnote counts such runs per method, at Table 1's rates only."""
+    from avfl.report.runs_table import start_selected
+
+    def run(rate, seed, chosen):
+        return {
+            "method": "modalitymirror",
+            "rate": rate,
+            "seed": seed,
+            "selected_round": {"distill": chosen},
+        }
+
+    runs = [run(0.1, 0, 0), run(0.1, 1, 25), run(0.3, 0, 0), run(0.9, 0, 0)]
+    assert start_selected(runs[0]) == ["distill"] and start_selected(runs[1]) == []
+    (note,) = tables.start_notes(runs, ["modalitymirror"], [0.1, 0.3])
+    assert note.startswith("ModalityMirror: 2 of 3 runs kept their phase's starting model")
+    assert tables.start_notes([runs[1]], ["modalitymirror"], [0.1]) == []

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from avfl.report.tables import LATEX_END, latex_row
+
 PAPER_RATES = (0.1, 0.2, 0.3, 0.4, 0.5)
 # The paper's Table 1: audio-only accuracy (%) at PAPER_RATES (UCF101 top-1, ActivityNet top-5).
 PAPER_TABLE1 = {
@@ -389,9 +391,7 @@ def claims_latex(rows: Sequence[Mapping[str, Any]]) -> str:
                     else "--"
                 )
             lines.append(
-                f"{_tex(r['text'])} & {_tex(_rate(r))} & {_tex(_num(r['paper']))} & "
-                + " & ".join(cells)
-                + " \\\\"
+                latex_row([_tex(r["text"]), _tex(_rate(r)), _tex(_num(r["paper"])), *cells])
             )
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    lines += LATEX_END
     return "\n".join(lines) + "\n"

@@ -254,6 +254,14 @@ def _tex(text: str) -> str:
     return text.replace("%", "\\%").replace("_", "\\_").replace("&", "\\&")
 
 
+def latex_row(cells: Sequence[str]) -> str:
+    """One row of a LaTeX tabular."""
+    return " & ".join(cells) + " \\\\"
+
+
+LATEX_END = ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+
+
 def table1_latex(
     rows: list[dict[str, Any]], rates: Sequence[float], notes: Sequence[str] = ()
 ) -> str:
@@ -300,9 +308,9 @@ def table1_latex(
             )
         label = DATASET_NAMES.get(dataset, dataset) if dataset != previous else ""
         name = display_name(method, model)
-        lines.append(f"{label} & {_tex(name)} & " + " & ".join(cells) + " \\\\")
+        lines.append(latex_row([label, _tex(name), *cells]))
         previous, previous_role = dataset, role
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    lines += LATEX_END
     return "\n".join(lines) + "\n"
 
 
@@ -441,10 +449,7 @@ def ablation_latex(rows: Sequence[Mapping[str, Any]], rates: Sequence[float]) ->
     ]
     for dataset, variant, method, found in _ablation_grid(rows, rates):
         cells = [_delta_text(r, "$\\pm$").replace(DAGGER, "$^\\dagger$") or "--" for r in found]
-        lines.append(
-            f"{DATASET_NAMES.get(dataset, dataset)} & {_tex(variant)} & {_tex(display_name(method))} & "
-            + " & ".join(cells)
-            + " \\\\"
-        )
-    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+        name = DATASET_NAMES.get(dataset, dataset)
+        lines.append(latex_row([name, _tex(variant), _tex(display_name(method)), *cells]))
+    lines += LATEX_END
     return "\n".join(lines) + "\n"
