@@ -73,6 +73,11 @@ def test_one_run_cannot_decide_and_unhealthy_runs_are_counted():
     runs[2]["health"]["ok"] = False
     row = claims.evaluate(claim("mm_gt_multifl@0.1"), runs, "top1", "ucf101")
     assert row["flagged"] == 1 and row["verdict"] == "supported"
+    # Where every paired run includes one that did not learn, no verdict is drawn.
+    for r in runs:
+        r["health"]["ok"] = r["method"] != "multifl"
+    row = claims.evaluate(claim("mm_gt_multifl@0.1"), runs, "top1", "ucf101")
+    assert row["flagged"] == row["n"] == 6 and row["verdict"] == "untrusted"
 
 
 def test_rate_free_harmony_pairs_with_every_rate():

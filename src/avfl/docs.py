@@ -488,7 +488,13 @@ def claims_summary(experiments: Sequence[str], root: Path = REPO) -> str:
     one letter per Table 1 rate."""
     import csv
 
-    letter = {"supported": "S", "contradicted": "C", "inconclusive": "?"}
+    letter = {
+        "supported": "S",
+        "contradicted": "C",
+        "inconclusive": "?",
+        "untested": "-",
+        "untrusted": "!",
+    }
     lines = []
     for experiment in experiments:
         path = root / "docs" / "results" / experiment / f"{paths.CLAIMS}.csv"

@@ -45,7 +45,8 @@ PAPER_TABLE1 = {
 }
 BASELINES = ("harmony", "multifl", "unifl")  # the paper's, in the order of its observations
 WEAK_LABEL_SHARE = 0.25  # Figure 2's claim: the quarter of labels audio alone classifies worst
-VERDICTS = ("supported", "contradicted", "inconclusive", "untested")  # untested: no paired runs
+# untested: no paired runs; untrusted: every paired run includes one that failed the health check
+VERDICTS = ("supported", "contradicted", "inconclusive", "untested", "untrusted")
 
 
 @dataclass(frozen=True)
@@ -240,8 +241,10 @@ def evaluate(
         return {**row, "diff": None, "low": None, "high": None, "n": 0, "flagged": 0,
                 "verdict": "untested"}  # fmt: skip
     mean, low, high = interval(diffs)
+    # Runs that did not learn say nothing about a method's claim, whatever the interval.
+    found = "untrusted" if flagged == len(diffs) else verdict(low, high, claim.sign)
     return {**row, "diff": mean, "low": low, "high": high, "n": len(diffs), "flagged": flagged,
-            "verdict": verdict(low, high, claim.sign)}  # fmt: skip
+            "verdict": found}  # fmt: skip
 
 
 def claim_rows(
@@ -317,7 +320,8 @@ def claims_markdown(rows: Sequence[Mapping[str, Any]], experiment: str) -> str:
         "are fewer than two runs). Paper: the paper's Table 1 value (UCF101's for datasets "
         "that are not the paper's; slopes over its Table 1 rates, as ours). Untested: no "
         "paired runs (a variant that does not run the rate). † some of the paired runs failed "
-        "the learning-health check (runs.csv). The intervals treat the (fold, seed) runs as "
+        "the learning-health check (runs.csv); untrusted: all of them did, so the difference "
+        "says nothing about the claim. The intervals treat the (fold, seed) runs as "
         "independent, though seeds share a fold's test split (and its partition, where "
         "partition.seed is fixed), and no correction is made for testing many claims: read a "
         "verdict whose interval barely clears zero as weak.",
@@ -328,9 +332,7 @@ def claims_markdown(rows: Sequence[Mapping[str, Any]], experiment: str) -> str:
         counts = tally(default)
         lines += [
             "", f"## {dataset} ({mine[0]['metric']})", "",
-            f"Under the configuration: {counts['supported']} supported, {counts['contradicted']} "
-            f"contradicted, {counts['inconclusive']} inconclusive"
-            + (f", {counts['untested']} untested." if counts["untested"] else "."), "",
+            "Under the configuration: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n) + ".", "",
             "| Claim | Rate | Paper | Ours: ModalityMirror | Ours: other | Difference [95 % CI] | Runs | Verdict |",
             "|---|---|---|---|---|---|---|---|",
         ]  # fmt: skip
@@ -372,11 +374,18 @@ def claims_latex(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = [
         "\\begin{table}[t]", "\\centering", "\\small",
         "\\caption{The paper's claims on our grid: paired difference [95\\% CI] and verdict "
-        "(S supported, C contradicted, ? inconclusive) under each variant.}",
+        "(S supported, C contradicted, ? inconclusive, ! untrusted: every paired run includes one "
+        "that failed the health check) under each variant.}",
         "\\begin{tabular}{ll" + "c" * (1 + len(variants)) + "}", "\\toprule",
         "Claim & Rate & Paper & " + " & ".join(_tex(v) for v in variants) + " \\\\", "\\midrule",
     ]  # fmt: skip
-    mark = {"supported": "S", "contradicted": "C", "inconclusive": "?", "untested": "--"}
+    mark = {
+        "supported": "S",
+        "contradicted": "C",
+        "inconclusive": "?",
+        "untested": "--",
+        "untrusted": "!",
+    }
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         lines.append(
             f"\\multicolumn{{{3 + len(variants)}}}{{l}}{{\\textit{{{_tex(dataset)}}}}} \\\\"
