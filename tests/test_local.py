@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -147,7 +149,6 @@ def test_fedmultimodals_sgd_steps_each_row_exactly_as_torch_optim_and_clip_grad_
     each row of the stack ends bit for bit where a client's own torch.optim.SGD(foreach=True),
     after torch.nn.utils.clip_grad_norm_ on its model's gradients, ends. Rows finish at
     different steps (a prefix keeps training), and the gradients come both given and in place."""
-    from dataclasses import replace
 
     torch.manual_seed(3)
     shapes = {"w": (51, 128), "b": (51,), "v": (13, 3)}  # aligned and padded blocks
@@ -203,3 +204,63 @@ def test_a_step_of_every_row_from_the_gradient_buffer_equals_a_step_per_paramete
         in_place.step(active=active)
     for n in shapes:
         assert torch.equal(given.padded(n), in_place.padded(n)), n
+
+
+class _BatchCentred:
+    """A loss that couples a batch's samples: cross-entropy plus each embedding's squared
+    distance from the batch's mean embedding (as contrastive terms and batch statistics do).
+    With `masked`, the mean is over the real samples only (the sample-weight seam)."""
+
+    name = "centred"
+    groups = AudioTask().groups
+    reads = AudioTask().reads
+
+    def __init__(self, masked: bool):
+        self.uses_sample_weight = masked
+
+    def sample_loss(self, model, audio, visual, labels, weight=None):
+        import torch.nn.functional as F
+
+        embedding = model.audio_embedding(audio)
+        w = torch.ones(audio.shape[0]) if weight is None else weight
+        mean = (embedding * w[:, None]).sum(0) / w.sum().clamp_min(1.0)
+        spread = ((embedding - mean) ** 2).sum(-1)
+        return F.cross_entropy(model.audio_head(embedding), labels, reduction="none") + 0.1 * spread
+
+
+@pytest.mark.parametrize("masked", [True, False], ids=["seam", "no-seam"])
+def test_a_loss_that_couples_samples_sees_no_padding_through_the_sample_weights(masked):
+    """Rows of 13 and 8 clips in batches of 8: in lockstep the 13-clip row's second batch is
+    padded to 8 with zero-weight samples. Through the seam (`uses_sample_weight`) the padded
+    batch gives the loss and gradients of the unpadded one, so the row trains as it does on its
+    own real samples; without it the padding leaks into the batch mean."""
+    torch.manual_seed(0)
+    n, classes = 60, 5
+    data = FederatedData(audio=torch.randn(n, 12), visual=torch.randn(n, 6), labels=torch.randint(0, classes, (n,)),
+                         clients=[], dev=torch.arange(4), test=torch.arange(4), n_classes=classes, class_names=[],
+                         audio_only=frozenset())  # fmt: skip
+    template = AVModel(12, 6, classes, 16, 0.0)
+    starts = [AVModel(12, 6, classes, 16, 0.0).state_dict() for _ in range(2)]
+    indices = [torch.arange(0, 13), torch.arange(20, 28)]
+    task = _BatchCentred(masked)
+    settings = cfg()
+    # The reference trains each row alone through autograd on its real samples only (the row
+    # path: no padding); lockstep pads a row's last batch to the batch size.
+    unpadded = replace(settings, lockstep=False)
+    alone = [
+        train_rows(template, task, [starts[i]], [indices[i]], [i], data, unpadded)[0]
+        for i in range(2)
+    ]
+    together = train_rows(template, task, starts, indices, [0, 1], data, settings)
+    padded_row = together[0]
+    close = all(
+        torch.allclose(padded_row.state[k], v, atol=1e-6, rtol=1e-5)
+        for k, v in alone[0].state.items()
+    )
+    assert close == masked
+    assert (
+        abs(padded_row.loss - alone[0].loss) < 1e-5 if masked else padded_row.loss != alone[0].loss
+    )
+    # The unpadded row trains alike either way.
+    for k, v in alone[1].state.items():
+        assert torch.allclose(together[1].state[k], v, atol=1e-6, rtol=1e-5)

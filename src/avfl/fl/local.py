@@ -63,7 +63,9 @@ class _TaskLoss(nn.Module):
         self.model = model
         self.task = task
 
-    def forward(self, audio, visual, labels, **values):
+    def forward(self, audio, visual, labels, weight, **values):
+        if getattr(self.task, "uses_sample_weight", False):  # a loss that couples its samples
+            values = {**values, "weight": weight}
         return self.task.sample_loss(self.model, audio, visual, labels, **values)
 
 
@@ -196,7 +198,7 @@ def train_rows(
     def loss_fn(p, fix, start, audio, visual, labels, w, pool, vals):
         tensors = {f"model.{n}": v for n, v in {**fix, **p}.items()}
         with noise_pool(pool):
-            per_sample = functional_call(wrapper, tensors, (audio, visual, labels), vals or {})
+            per_sample = functional_call(wrapper, tensors, (audio, visual, labels, w), vals or {})
         loss = (per_sample * w).sum() / w.sum().clamp_min(1.0)
         if start is not None:
             loss = loss + task.penalty(p, start)

@@ -27,6 +27,12 @@ class Task(Protocol):
     whose tasks are equal train in lockstep. A task may also define
     `penalty(params, start) -> scalar tensor`, a term of the local objective that sees the
     round's global (starting) parameters, e.g. FedProx's proximal term.
+
+    A loss that couples a batch's samples (a contrastive term, batch statistics) must not see
+    the padding: a task with `uses_sample_weight = True` gets `weight=` in `sample_loss`, the
+    batch's sample weights (1 for a real sample, 0 for padding), and its written-out
+    `stacked(rows, batch)` reads `batch.weight` (0 for padding, each row's real samples
+    summing to 1). A padded batch must then give the loss and gradients of the unpadded one.
     """
 
     name: str
