@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -65,6 +66,16 @@ def test_pipeline_runs_and_reruns_only_what_changed(tmp_path: Path):
         for ext in ("pdf", "svg", "png")
     ]
     files += [report / f"table1.{ext}" for ext in ("csv", "md", "tex")] + [report / "runs.csv"]
+    files += [report / f"claims.{ext}" for ext in ("csv", "md", "tex")]
+    # The paper's claims beside Table 1: every claim at the one Table 1 rate has its paired runs.
+    claims = list(csv.DictReader((report / "claims.csv").open()))
+    assert {r["claim"] for r in claims} >= {
+        "mm_gt_harmony@0.5",
+        "mm_gt_multifl@0.5",
+        "mm_gt_unifl@0.5",
+    }
+    assert all(int(r["n"]) == 4 for r in claims if r["claim"].startswith("mm_gt_"))
+    assert "ModalityMirror > Harmony" in (report / "claims.md").read_text()
     before = {f: f.read_bytes() for f in files}
     rerun = snakemake(
         tmp_path, "all", "--forcerun", "report", "collect", "--configfile", str(config)
