@@ -62,7 +62,13 @@ def test_a_coin_flip_is_inconclusive():
     ]  # fmt: skip
     # Same means: the 95 % interval holds zero in about 19 of 20 draws.
     assert flips.count("inconclusive") >= 16
-    assert "supported" in flips or "contradicted" in flips or flips.count("inconclusive") == 20
+    # The same noise with a real 15-point gap is decided (nearly) every time: the test has power.
+    wins = [
+        claims.evaluate(claim("mm_gt_multifl@0.3"), grid(lambda r: 0.55, lambda r: 0.4, noise=0.05, seed=s),
+                        "top1", "ucf101")["verdict"]
+        for s in range(20)
+    ]  # fmt: skip
+    assert wins.count("supported") >= 18
 
 
 def test_one_run_cannot_decide_and_unhealthy_runs_are_counted():
