@@ -156,3 +156,20 @@ def pointer_copy(source: Path, dest: Path, keep: float = 0.2) -> Path:
         for path in files[round(keep * len(files)) :]:
             make_pointer(path)
     return dest
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m tests.cremad_fixture DIR`: a CREMA-D copy for `config/cremad_fixture.yaml`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--actors", type=int, default=30, help="actors 1001, 1002, ...")
+    parser.add_argument("--sentences", nargs="+", default=["IEO", "DFA", "ITS"])
+    args = parser.parse_args(argv)
+    names = write_cremad(args.root, clip_names(range(1001, 1001 + args.actors), args.sentences))
+    print(f"wrote {len(names)} clips under {args.root}")
+
+
+if __name__ == "__main__":
+    main()

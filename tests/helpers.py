@@ -12,7 +12,16 @@ import yaml
 from .conftest import REPO, TINY_EXTRACT, TINY_SYNTHETIC, VENV_BIN
 
 # The built-in methods in registry order: what the registry, the plan and the DAG must hold.
-BUILTIN_METHODS = ["unifl", "multifl", "harmony", "modalitymirror", "fedprox", "fedadam", "bmsfed"]
+BUILTIN_METHODS = [
+    "unifl",
+    "multifl",
+    "harmony",
+    "modalitymirror",
+    "fedprox",
+    "fedadam",
+    "bmsfed",
+    "dimml",
+]
 
 
 def snakemake(

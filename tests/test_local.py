@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -264,3 +265,106 @@ def test_a_loss_that_couples_samples_sees_no_padding_through_the_sample_weights(
     # The unpadded row trains alike either way.
     for k, v in alone[1].state.items():
         assert torch.allclose(together[1].state[k], v, atol=1e-6, rtol=1e-5)
+
+
+def _schedule_before_the_seam(sizes, seeds, epochs, batch, noise):
+    """`row_schedule` as it was before per-sample randoms: every draw a row made then."""
+    per_epoch = [math.ceil(n / batch) for n in sizes]
+    total = epochs * max(per_epoch)
+    positions = torch.zeros(len(sizes), total, batch, dtype=torch.long)
+    weights = torch.zeros(len(sizes), total, batch)
+    pools = torch.zeros(len(sizes), total, noise)
+    for i, (n, seed) in enumerate(zip(sizes, seeds, strict=True)):
+        generator = torch.Generator().manual_seed(seed)
+        steps = per_epoch[i]
+        for epoch in range(epochs):
+            span = slice(epoch * steps, (epoch + 1) * steps)
+            positions[i, span].view(-1)[:n] = torch.randperm(n, generator=generator)
+            weights[i, span].view(-1)[:n] = 1.0
+        pools[i, : epochs * steps] = torch.rand(epochs * steps, noise, generator=generator)
+    return positions, weights, pools
+
+
+def test_per_sample_randoms_change_no_schedule_and_do_not_depend_on_the_company():
+    from avfl.fl.local import row_schedule
+
+    sizes, seeds = [13, 8, 21], [11, 12, 13]
+    before = _schedule_before_the_seam(sizes, seeds, 2, 8, 40)
+    without = row_schedule(sizes, seeds, 2, 8, 40)
+    with_randoms = row_schedule(sizes, seeds, 2, 8, 40, randoms=3)
+    assert without[3] is None  # a task without the seam draws nothing more
+    for old, new, drawn in zip(before, without[:3], with_randoms[:3], strict=True):
+        assert torch.equal(old, new) and torch.equal(old, drawn)
+    draws = with_randoms[3]
+    assert draws.shape == (3, 6, 8, 3) and draws.min() >= 0 and draws.max() < 1
+    for i in range(3):  # a row scheduled alone, or beside other rows: the same uniforms
+        (alone,) = row_schedule([sizes[i]], [seeds[i]], 2, 8, 40, randoms=3)[3]
+        steps = alone.shape[0]
+        assert torch.equal(draws[i, :steps], alone) and not draws[i, steps:].any()
+
+
+class _RandomlyWeighted:
+    """A loss that reads pre-drawn per-sample randoms: each sample's cross-entropy weighted
+    by its first uniform, plus its embedding scaled by its second."""
+
+    name = "randomly_weighted"
+    groups = AudioTask().groups
+    reads = AudioTask().reads
+    randoms_per_sample = 2
+
+    def __init__(self):
+        self.seen: list[list[list[float]]] | None = None  # a list: record (the one-row path)
+
+    def sample_loss(self, model, audio, visual, labels, randoms):
+        import torch.nn.functional as F
+
+        if self.seen is not None:  # the one-row path: no vmap, so the values can be read
+            self.seen.append(randoms.tolist())
+        embedding = model.audio_embedding(audio)
+        ce = F.cross_entropy(model.audio_head(embedding), labels, reduction="none")
+        return ce * (0.5 + randoms[:, 0]) + 0.1 * randoms[:, 1] * embedding.sum(-1)
+
+
+def test_a_rows_randoms_reach_its_loss_alike_alone_in_company_and_on_the_one_row_path():
+    """Rows of unequal sizes (padded in lockstep) with a loss that reads its randoms: each row
+    trains bitwise alike alone or in any company, equals the one-row path (which reads its
+    real samples' randoms only), and its loss saw exactly its schedule's uniforms."""
+    from avfl.fl.local import row_schedule
+    from avfl.models.dropout import pool_size
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    n, classes = 80, 5
+    data = FederatedData(audio=torch.randn(n, 12), visual=torch.randn(n, 6), labels=torch.randint(0, classes, (n,)),
+                         clients=[], dev=torch.arange(4), test=torch.arange(4), n_classes=classes, class_names=[],
+                         audio_only=frozenset())  # fmt: skip
+    template = AVModel(12, 6, classes, 16, 0.1)
+    starts = [AVModel(12, 6, classes, 16, 0.1).state_dict() for _ in range(3)]
+    indices = [torch.arange(0, 13), torch.arange(20, 28), torch.arange(30, 51)]
+    task = _RandomlyWeighted()
+    alone = [
+        train_rows(template, task, [starts[i]], [indices[i]], [i], data, cfg())[0] for i in range(3)
+    ]
+    for combo in ([0, 1, 2], [2, 0]):
+        together = train_rows(template, task, [starts[i] for i in combo], [indices[i] for i in combo],
+                              combo, data, cfg())  # fmt: skip
+        for i, row in zip(combo, together, strict=True):
+            assert row.loss == alone[i].loss
+            assert all(torch.equal(row.state[k], v) for k, v in alone[i].state.items()), (combo, i)
+    one_row = replace(cfg(), lockstep=False)
+    for i in range(3):
+        task.seen = []
+        (row,) = train_rows(template, task, [starts[i]], [indices[i]], [i], data, one_row)
+        for k, v in alone[i].state.items():
+            assert torch.allclose(row.state[k], v, atol=1e-6, rtol=1e-5), (i, k)
+        noise = pool_size(template, 8)
+        expected = row_schedule([len(indices[i])], [i], 2, 8, noise, randoms=2)[3][0]
+        per_epoch = math.ceil(len(indices[i]) / 8)
+        assert len(task.seen) == expected.shape[0] == 2 * per_epoch
+        for step, seen in enumerate(task.seen):
+            real = min(8, len(indices[i]) - 8 * (step % per_epoch))
+            assert seen == expected[step, :real].tolist()
+    task.seen = None
+    # The randoms matter: another seed's draws train another model.
+    (other,) = train_rows(template, task, [starts[0]], [indices[0]], [7], data, cfg())
+    assert not torch.equal(other.state["audio_head.weight"], alone[0].state["audio_head.weight"])

@@ -43,6 +43,23 @@ def test_a_modalitymirror_overlay_trains_only_modalitymirror():
     assert p.changed_methods("tiny") == {"ce": ["modalitymirror"]}
 
 
+def test_ablation_methods_run_at_the_table1_rates_and_stay_out_of_table1():
+    p = plan(experiment={"ablation_methods": ["cmrf"],
+                         "variants": {"ct": {"methods.cmrf.sma_start": 0.5}, "mm": {"methods.modalitymirror.ce_weight": 0.5}}})  # fmt: skip
+    cmrf = [r for r in p.all_runs if r.method == "cmrf"]
+    assert {r.rate for r in cmrf} == {0.2, 0.5} and {r.variant for r in cmrf} == {"default", "ct"}
+    assert "cmrf" not in p.grid.methods and methods_trained(p, "ct") == {"cmrf"}
+    assert p.changed_methods("tiny") == {"ct": ["cmrf"], "mm": ["modalitymirror"]}
+    settings = __import__("json").loads(p.report_settings())
+    assert settings["ablation_methods"] == ["cmrf"] and "cmrf" not in settings["methods"]
+    assert any(f.endswith("ablations.md") for f in p.all_targets())
+    # Without variants the ablation table is still written, for the ablation methods alone.
+    alone = plan(experiment={"ablation_methods": ["cmrf"]})
+    assert any(f.endswith("ablations.md") for f in alone.all_targets())
+    with pytest.raises(Exception, match=r"experiment\.ablation_methods': unknown method 'nope'"):
+        plan(experiment={"ablation_methods": ["nope"]})
+
+
 def test_a_multifl_overlay_retrains_what_consumes_multifl():
     p = plan(
         experiment={"variants": {"head": {"methods.multifl.multimodal_audio_head_weight": 1.0}}}

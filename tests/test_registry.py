@@ -63,6 +63,7 @@ def test_importing_the_registry_config_and_plan_imports_no_torch():
 def test_builtin_registry():
     assert methods("method") == BUILTIN_METHODS
     assert methods("reference") == ["centralised"]
+    assert methods("ablation") == ["cmrf"]
     assert get_method("harmony").uses_rate is False
     with pytest.raises(ValueError, match="registered: unifl"):
         get_method("nope")

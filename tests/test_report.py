@@ -80,6 +80,31 @@ def test_ablation_rows_give_the_paired_change_against_default():
     assert "| hot | MultiFL | 65.00† (+10.00 ± 0.00) |" in tables.ablation_markdown(rows, [0.5])
 
 
+def test_ablation_methods_sit_beside_multifl_and_modalitymirror_with_their_paired_change():
+    """CMRF's audio and audio-visual cells, each against MultiFL's model of the same kind (per
+    seed, fold means); MultiFL itself has no change, and a run without an AV model none."""
+    runs = [
+        record("multifl", 0.5, 0, 0.40, av=0.70), record("multifl", 0.5, 1, 0.50, av=0.80),
+        record("modalitymirror", 0.5, 0, 0.45), record("modalitymirror", 0.5, 1, 0.55),
+        record("cmrf", 0.5, 0, 0.42, av=0.60, role="ablation"),
+        record("cmrf", 0.5, 1, 0.56, av=0.90, role="ablation"),
+    ]  # fmt: skip
+    rows = tables.method_ablation_rows(runs, ["cmrf"], "top1", [0.5], "synthetic")
+    cell = {(r["method"], r["model"]): r for r in rows}
+    assert set(cell) == {("multifl", "audio"), ("modalitymirror", "audio"), ("cmrf", "audio"),
+                         ("multifl", "av"), ("cmrf", "av")}  # fmt: skip
+    assert cell[("multifl", "audio")]["delta"] is None
+    assert abs(cell[("cmrf", "audio")]["delta"] - 4.0) < 1e-9  # (+2 and +6) / 2
+    assert abs(cell[("cmrf", "av")]["delta"] - 0.0) < 1e-9  # -10 and +10
+    assert abs(cell[("cmrf", "av")]["delta_std"] - 14.1421356) < 1e-6
+    markdown = tables.method_ablation_markdown(rows, [0.5])
+    assert "| Embedded | CMRF | audio-visual | 75.00 (+0.00 ± 14.14) |" in markdown
+    assert "tab:ablation-methods" in tables.method_ablation_latex(rows, [0.5])
+    csv = tables.ablation_csv(rows).splitlines()
+    assert csv[0].startswith("dataset,variant,method,model,against,rate")
+    assert "synthetic,default,cmrf,av,multifl,0.5,75.0000,21.2132,0.0000,14.1421,2,0" in csv
+
+
 def test_figure3_draws_every_method_and_the_reference_lines(tmp_path):
     labels = figures.figure3({"synthetic": RUNS}, {"synthetic": "top1"}, [0.5], ["multifl", "harmony"],
                              [tmp_path / "f.png", tmp_path / "f.pdf"], ["centralised"])  # fmt: skip

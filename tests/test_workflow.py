@@ -341,8 +341,8 @@ def test_cremad_fixture_runs_end_to_end(tmp_path: Path):
         "model": {"audio": {"backbone": "fbank_stats"}, "visual": {"backbone": "color_stats"}, "hidden_dim": 32},
         "partition": {"n_clients": 6, "alpha": 3.0},
         "federated": {"rounds": 4, "clients_per_round": 3, "eval_every": 2, "device": "cpu"},
-        "experiment": {"seeds": [0], "methods": ["multifl", "harmony", "modalitymirror", "bmsfed"],
-                       "table1_rates": [0.5], "figure3_rates": [0.5], "figure2_rate": 0.5},
+        "experiment": {"seeds": [0], "methods": ["multifl", "harmony", "modalitymirror", "bmsfed", "dimml"],
+                       "ablation_methods": ["cmrf"], "table1_rates": [0.5], "figure3_rates": [0.5], "figure2_rate": 0.5},
     }))  # fmt: skip
     run = snakemake(tmp_path, "all", "--configfile", str(REPO / "config/cremad.yaml"), str(config))
     assert run.returncode == 0, run.stderr[-3000:]
@@ -355,4 +355,12 @@ def test_cremad_fixture_runs_end_to_end(tmp_path: Path):
         "Neutral",
         "Sad",
     }
-    assert "CREMA-D (top1)" in (tmp_path / "results/report/cremad/table1.md").read_text()
+    table1 = (tmp_path / "results/report/cremad/table1.md").read_text()
+    assert "CREMA-D (top1)" in table1 and "DI-MML" in table1 and "CMRF" not in table1
+    # The ablation method's table alone (no variants): CMRF beside MultiFL, audio and AV.
+    ablations = (tmp_path / "results/report/cremad/ablations.md").read_text()
+    assert ablations.startswith("## Methods run as ablations")
+    assert (
+        "| CREMA-D | CMRF | audio |" in ablations
+        and "| CREMA-D | CMRF | audio-visual |" in ablations
+    )

@@ -141,12 +141,13 @@ def _semantic_problems(config: Mapping[str, Any], check_variants: bool = True) -
     """Cross-field checks that JSON schema cannot express."""
     from avfl.methods import methods, registry
 
-    runnable = methods("method")
-    for name in config["experiment"]["methods"] or []:
-        if name not in registry():
-            yield f"config key 'experiment.methods': unknown method '{name}' (registered: {', '.join(runnable)})"
-        elif name not in runnable:
-            yield f"config key 'experiment.methods': '{name}' is a reference, not a method; references always run"
+    runnable = methods("method") + methods("ablation")
+    for key in ("methods", "ablation_methods"):
+        for name in config["experiment"][key] or []:
+            if name not in registry():
+                yield f"config key 'experiment.{key}': unknown method '{name}' (registered: {', '.join(runnable)})"
+            elif name not in runnable:
+                yield f"config key 'experiment.{key}': '{name}' is a reference, not a method; references always run"
     if check_variants:
         yield from _variant_problems(config)
     blocks = {"federated": config["federated"]} | {

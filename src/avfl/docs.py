@@ -176,11 +176,20 @@ def _tests_of(module: str) -> list[tuple[str, str]]:
     return found
 
 
+ROLE_TEXT = {
+    "method": "a method (a row of Table 1, a line of Figure 3)",
+    "reference": "a reference (its rows are the upper bounds of Table 1)",
+    "ablation": "an ablation method (run where `experiment.ablation_methods` names it, as "
+    "`config/ablations.yaml` does; reported in the ablation table beside MultiFL and "
+    "ModalityMirror, not in Table 1)",
+}
+
+
 def method_page(spec) -> str:
     module = importlib.import_module(spec.module)
     consumes = spec.requires()
     facts = [
-        f"- **Role:** {'a reference (its rows are the upper bounds of Table 1)' if spec.role == 'reference' else 'a method (a row of Table 1, a line of Figure 3)'}",
+        f"- **Role:** {ROLE_TEXT[spec.role]}",
         f"- **Missing rate:** {'one run per rate' if spec.uses_rate else 'rate-free: one run per fold and seed serves every rate'}",
         f"- **Consumes:** {', '.join(f'[{c}]({c}.md)' for c in consumes) if consumes else 'nothing'}",
         f"- **Module:** `{spec.module}`",
@@ -226,7 +235,10 @@ def methods_index(specs) -> str:
 def methods_table(specs) -> str:
     """The README's method list: one line each, linked to its page."""
     return "\n".join(
-        f"- **{s.display}** (`{s.name}`): {s.summary}" + (f" *{s.cite}*" if s.cite else "")
+        f"- **{s.display}** (`{s.name}`"
+        + (", ablation table only" if s.role == "ablation" else "")
+        + f"): {s.summary}"
+        + (f" *{s.cite}*" if s.cite else "")
         for s in specs
     ) + "\n"  # fmt: skip
 
@@ -602,13 +614,19 @@ def blocks(root: Path = REPO) -> dict[tuple[Path, str], Callable[[], str]]:
             "rehearsal_fold1", "claims", root
         ),
         (root / "README.md", "methods"): lambda: methods_table(
-            [s for s in specs.values() if s.role == "method"]
+            [s for s in specs.values() if s.role in ("method", "ablation")]
         ),
         (root / "docs/results/embedded.md", "table1"): lambda: results_block(
             "embedded", "table1", root
         ),
         (root / "docs/results/embedded.md", "ablations"): lambda: results_block(
             "ablations", "ablations", root
+        ),
+        (root / "docs/results/cremad_fixture.md", "table1"): lambda: results_block(
+            "cremad_fixture", "table1", root
+        ),
+        (root / "docs/results/cremad_fixture.md", "ablations"): lambda: results_block(
+            "cremad_fixture", "ablations", root
         ),
         (root / "docs/guide/ablations.md", "ablation-choices"): lambda: ablation_choices(
             specs, variants

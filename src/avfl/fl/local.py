@@ -22,6 +22,17 @@ Models whose layers update state in place during the forward pass
 (BatchNorm) or whose backbones are trained (fine-tuning mode) take the same steps one row
 at a time through autograd (`lockstep=False` does so for any model: the tests' reference,
 equal to the lockstep paths up to float rounding).
+
+Pre-drawn per-sample randoms (the vmapped path runs with randomness="error", so a loss may
+call no random function): a task with `randoms_per_sample = m > 0` gets `randoms=` in
+`sample_loss`, a (batch, m) tensor of uniforms in [0, 1), one row per sample position of the
+step's batch. They are drawn in advance by `row_schedule` from the row's own generator, after
+its batch orders and dropout noise (so those stay what they are without the seam), and so
+depend only on (run seed, phase, round, client, step, position): never on the row's company,
+the same on the lockstep and the one-row path (which passes the rows of its real samples).
+Padding positions get values too; a loss weighs them out as it weighs out the padding itself.
+Such a task trains through the vmapped or the one-row path: fl/stacked.py's Batch carries
+no randoms (CMRF's mixing ratios, avfl/methods/cmrf.py, use the seam).
 """
 
 from __future__ import annotations
@@ -63,22 +74,33 @@ class _TaskLoss(nn.Module):
         self.model = model
         self.task = task
 
-    def forward(self, audio, visual, labels, weight, **values):
+    def forward(self, audio, visual, labels, weight, randoms=None, **values):
         if getattr(self.task, "uses_sample_weight", False):  # a loss that couples its samples
             values = {**values, "weight": weight}
+        if randoms is not None:  # pre-drawn per-sample uniforms (randoms_per_sample)
+            values = {**values, "randoms": randoms}
         return self.task.sample_loss(self.model, audio, visual, labels, **values)
 
 
+def randoms_per_sample(task: Task) -> int:
+    """Uniforms a task's loss reads per sample and step (0: none, the loss gets no `randoms=`)."""
+    return int(getattr(task, "randoms_per_sample", 0) or 0)
+
+
 def row_schedule(
-    sizes: Sequence[int], seeds: Sequence[int], epochs: int, batch: int, noise: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Per row: batch positions (rows, steps, batch), their weights (0 = padding), and the
-    dropout noise of each step (rows, steps, noise), all drawn from the row's own generator."""
+    sizes: Sequence[int], seeds: Sequence[int], epochs: int, batch: int, noise: int,
+    randoms: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:  # fmt: skip
+    """Per row: batch positions (rows, steps, batch), their weights (0 = padding), the
+    dropout noise of each step (rows, steps, noise) and, with `randoms` > 0, that many uniforms
+    per sample position (rows, steps, batch, randoms), all drawn from the row's own generator
+    in that order (so the randoms change nothing drawn before them)."""
     per_epoch = [math.ceil(n / batch) for n in sizes]
     total = epochs * max(per_epoch)
     positions = torch.zeros(len(sizes), total, batch, dtype=torch.long)
     weights = torch.zeros(len(sizes), total, batch)
     pools = torch.zeros(len(sizes), total, noise) if noise else None
+    draws = torch.zeros(len(sizes), total, batch, randoms) if randoms else None
     for i, (n, seed) in enumerate(zip(sizes, seeds, strict=True)):
         generator = torch.Generator().manual_seed(seed)
         steps = per_epoch[i]
@@ -88,7 +110,11 @@ def row_schedule(
             weights[i, span].view(-1)[:n] = 1.0
         if pools is not None:
             pools[i, : epochs * steps] = torch.rand(epochs * steps, noise, generator=generator)
-    return positions, weights, pools
+        if draws is not None:
+            draws[i, : epochs * steps] = torch.rand(
+                epochs * steps, batch, randoms, generator=generator
+            )
+    return positions, weights, pools, draws
 
 
 def _read_names(model: nn.Module, task: Task, state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -148,6 +174,12 @@ def train_rows(
     stacked_step = getattr(task, "stacked", None) if cfg.lockstep else None
     if stacked_step is not None and not stacked.supports(model):
         stacked_step = None
+    n_randoms = randoms_per_sample(task)
+    if stacked_step is not None and n_randoms:
+        raise ValueError(
+            f"task {task.name}: written-out kernels (stacked) get no per-sample randoms; a task "
+            "with randoms_per_sample trains through sample_loss"
+        )
     lockstep = cfg.lockstep and supports_lockstep(model)
     if not trains_in_lockstep(model, task, cfg) and rows > 1:
         # The row path trains one row at a time anyway: give each row its own optimizer
@@ -179,7 +211,9 @@ def train_rows(
     )
     sizes = [int(i.numel()) for i in indices]
     noise = pool_size(model, cfg.batch_size)
-    positions, weights, pools = row_schedule(sizes, seeds, cfg.local_epochs, cfg.batch_size, noise)
+    positions, weights, pools, draws = row_schedule(
+        sizes, seeds, cfg.local_epochs, cfg.batch_size, noise, n_randoms
+    )
     last_step = [n - 1 for n in n_steps]
     # The schedules are drawn on the CPU (the same batch orders and dropout noise on every
     # device) and copied over once per bucket, without waiting, from pinned memory.
@@ -187,6 +221,7 @@ def train_rows(
     sample_rows = torch.gather(padded, 1, _to(positions.flatten(1), device)).view(positions.shape)
     weights = _to(weights, device)
     pools = _to(pools, device) if pools is not None else None
+    draws = _to(draws, device) if draws is not None else None
     wrapper = _TaskLoss(model, task)
     per_row = None
     if hasattr(task, "row_values"):
@@ -195,10 +230,12 @@ def train_rows(
             for k in task.row_values
         }
 
-    def loss_fn(p, fix, start, audio, visual, labels, w, pool, vals):
+    def loss_fn(p, fix, start, audio, visual, labels, w, pool, vals, rand):
         tensors = {f"model.{n}": v for n, v in {**fix, **p}.items()}
         with noise_pool(pool):
-            per_sample = functional_call(wrapper, tensors, (audio, visual, labels, w), vals or {})
+            per_sample = functional_call(
+                wrapper, tensors, (audio, visual, labels, w, rand), vals or {}
+            )
         loss = (per_sample * w).sum() / w.sum().clamp_min(1.0)
         if start is not None:
             loss = loss + task.penalty(p, start)
@@ -217,7 +254,8 @@ def train_rows(
     step_fn = grad_and_value(loss_fn)
     if lockstep:
         in_dims = (0, 0, 0 if start_params is not None else None, 0, 0, 0, 0,
-                   0 if pools is not None else None, 0 if per_row is not None else None)  # fmt: skip
+                   0 if pools is not None else None, 0 if per_row is not None else None,
+                   0 if draws is not None else None)  # fmt: skip
         step_fn = vmap(step_fn, in_dims=in_dims, randomness="error")
     for step in range(sample_rows.shape[1]):
         k = sum(1 for last in last_step if last >= step)  # the rows still training: a prefix
@@ -229,6 +267,7 @@ def train_rows(
                 data.audio[batch], data.visual[batch], data.labels[batch], weights[:k, step],
                 pools[:k, step] if pools is not None else None,
                 {name: v[:k] for name, v in per_row.items()} if per_row is not None else None,
+                draws[:k, step] if draws is not None else None,
             )  # fmt: skip
         else:  # one row (see above): its own step through autograd
             real = sizes[0] - step % math.ceil(sizes[0] / cfg.batch_size) * cfg.batch_size
@@ -240,6 +279,7 @@ def train_rows(
                 data.audio[take], data.visual[take], data.labels[take], weights[0, step, : take.numel()],
                 pools[0, step] if pools is not None else None,
                 {k: v[0] for k, v in per_row.items()} if per_row is not None else None,
+                draws[0, step, : take.numel()] if draws is not None else None,
             )  # fmt: skip
             grads = {n: v.unsqueeze(0) for n, v in g.items()}
         optimizer.step(grads, k)

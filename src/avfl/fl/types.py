@@ -33,6 +33,11 @@ class Task(Protocol):
     batch's sample weights (1 for a real sample, 0 for padding), and its written-out
     `stacked(rows, batch)` reads `batch.weight` (0 for padding, each row's real samples
     summing to 1). A padded batch must then give the loss and gradients of the unpadded one.
+
+    A task may define `randoms_per_sample = m > 0`: its `sample_loss` then gets `randoms=`, a
+    (batch, m) tensor of uniforms in [0, 1) drawn in advance from the row's own generator
+    (fl/local.py), since a vmapped loss may call no random function; such a task defines no
+    `stacked`.
     """
 
     name: str

@@ -28,6 +28,8 @@ BUILTIN = (
     "avfl.methods.fedprox",
     "avfl.methods.fedadam",
     "avfl.methods.bmsfed",
+    "avfl.methods.dimml",
+    "avfl.methods.cmrf",
     "avfl.methods.centralised",
 )
 ENTRY_POINT_GROUP = "avfl.methods"

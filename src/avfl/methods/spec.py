@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from avfl.methods.context import MethodResult, RunContext
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-ROLES = ("method", "reference")
+ROLES = ("method", "reference", "ablation")
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,11 @@ class MethodSpec:
       consumed method, the federated settings its consumed run trains with where they differ
       from its own row's (ModalityMirror's phase 1 at an equal budget trains fewer rounds
       than the MultiFL row); the planner trains such a run under a derived variant;
-    - `role`: "method" (a row of Table 1 and a line of Figure 3) or "reference" (upper-bound
-      rows and dashed lines that every method is compared with).
+    - `role`: "method" (a row of Table 1 and a line of Figure 3), "reference" (upper-bound
+      rows and dashed lines that every method is compared with) or "ablation" (a method that
+      runs only where an experiment names it, in `experiment.ablation_methods`, and is
+      reported in the ablation table beside the methods, not in Table 1: CMRF, whose fit to
+      this setting is weak).
     """
 
     name: str

@@ -128,6 +128,20 @@ class AVModel(nn.Module):
         return self.fused_logits(self.audio_embedding(audio), self.visual_embedding(visual))
 
 
+def seeded_linear(in_dim: int, out_dim: int, generator: torch.Generator) -> nn.Linear:
+    """nn.Linear with nn.Linear's initialisation drawn from `generator`: a part a method adds
+    to the run's model inside its `run` must not draw from PyTorch's global generator, which
+    the runs of a job share (they build their models in parallel threads, avfl.train)."""
+    import math
+
+    linear = torch.nn.utils.skip_init(nn.Linear, in_dim, out_dim)
+    with torch.no_grad():
+        nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+        bound = 1.0 / math.sqrt(in_dim)
+        linear.bias.uniform_(-bound, bound, generator=generator)
+    return linear
+
+
 class WithTeacher(AVModel):
     """An AVModel (the student) whose parameters also hold a teacher AVModel (group `teacher`).
 

@@ -62,4 +62,6 @@ class Plan:
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def changed_methods(self, dataset: str) -> dict[str, list[str]]:
-        return self.configuration.changed_methods(dataset, self.grid.methods)
+        return self.configuration.changed_methods(
+            dataset, self.grid.methods + self.grid.ablation_methods
+        )

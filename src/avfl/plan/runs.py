@@ -51,6 +51,11 @@ class Grid:
         return self.experiment["methods"] or methods("method")
 
     @functools.cached_property
+    def ablation_methods(self) -> list[str]:
+        """Methods run for the ablation table only (`experiment.ablation_methods`)."""
+        return [m for m in self.experiment["ablation_methods"] or [] if m not in self.methods]
+
+    @functools.cached_property
     def references(self) -> list[str]:
         return methods("reference")
 
@@ -99,8 +104,12 @@ class Grid:
         runs = []
         for fold in self.v.dataset(dataset)["folds"]:
             for seed in self.experiment["seeds"]:
-                for method in self.methods + self.references:
+                for method in self.methods + self.references + self.ablation_methods:
                     rates = self.variant_rates(variant) if get_method(method).uses_rate else [None]
+                    if method in self.ablation_methods and rates != [None]:
+                        # At the rates of the ablation table (Table 1's), not Figure 3's.
+                        table = {float(rate_label(r)) for r in self.experiment["table1_rates"]}
+                        rates = [r for r in rates if r in table]
                     runs += [self.run(dataset, variant, fold, method, rate, seed) for rate in rates]
         return runs
 

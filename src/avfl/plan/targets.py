@@ -22,7 +22,8 @@ class Targets:
         return paths.report_dir(self.name)
 
     def report_files(self) -> dict[str, list[str]]:
-        return paths.report_files(self.report_dir(), variants=len(self.v.reported) > 1)
+        ablations = len(self.v.reported) > 1 or bool(self.grid.ablation_methods)
+        return paths.report_files(self.report_dir(), variants=ablations)
 
     def report_runs(self) -> list[str]:
         """Every metrics.json the experiment's reports read."""
@@ -72,16 +73,17 @@ class Targets:
 
     def report_settings(self) -> str:
         exp, grid = self.grid.experiment, self.grid
-        shown = grid.methods + grid.references
+        shown = grid.methods + grid.references + grid.ablation_methods
+        changing = grid.methods + grid.ablation_methods
         return json.dumps(
             {
                 "identity": self.report_identity(),
                 "datasets": {d: self.v.dataset(d)["report_metric"] for d in grid.datasets},
                 "table1_rates": exp["table1_rates"], "figure2_rate": exp["figure2_rate"],
                 "figure3_rates": exp["figure3_rates"], "methods": grid.methods,
-                "references": grid.references, "variants": self.v.reported,
+                "references": grid.references, "ablation_methods": grid.ablation_methods, "variants": self.v.reported,
                 "report_variants": exp["report_variants"],
-                "changed": {d: self.v.changed_methods(d, grid.methods) for d in grid.datasets},
+                "changed": {d: self.v.changed_methods(d, changing) for d in grid.datasets},
                 "sources": {
                     d: {v: {m: self.v.run_variant(d, v, m) for m in shown} for v in self.v.reported}
                     for d in grid.datasets

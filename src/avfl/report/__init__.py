@@ -37,8 +37,12 @@ def write_reports(
     datasets = settings["datasets"]
     sources = settings["sources"]
     methods, references = settings["methods"], settings["references"]
+    extra = settings.get("ablation_methods", [])
     by_variant = {d: {v: _select(runs, d, sources[d][v]) for v in sources[d]} for d in datasets}
-    default = {d: by_variant[d]["default"] for d in datasets}
+    # Table 1, the figures and their captions: the methods and references, not the ablation methods.
+    default = {
+        d: [r for r in by_variant[d]["default"] if r["method"] not in extra] for d in datasets
+    }
     rates = settings["table1_rates"]
     rows = tables.table1_rows(default, datasets, rates, methods, references)
     notes = [n for d in datasets for n in tables.budget_notes(default[d], methods)]
@@ -80,17 +84,30 @@ def write_reports(
         claims.claims_markdown(found, settings["identity"]["experiment"])
     )
     (out / f"{p.CLAIMS}.tex").write_text(claims.claims_latex(found))
-    if len(settings["variants"]) > 1:
-        ablation = []
+    if len(settings["variants"]) > 1 or extra:
+        ablation, by_method = [], []
         for d in datasets:
             ablation += tables.ablation_rows(
                 by_variant[d], settings["changed"][d], datasets[d], rates, d
             )
-        (out / f"{p.ABLATIONS}.csv").write_text(tables.ablation_csv(ablation))
-        (out / f"{p.ABLATIONS}.md").write_text(tables.ablation_markdown(ablation, rates))
-        (out / f"{p.ABLATIONS}.tex").write_text(tables.ablation_latex(ablation, rates))
+            if extra:
+                by_method += tables.method_ablation_rows(
+                    by_variant[d]["default"], extra, datasets[d], rates, d
+                )
+        (out / f"{p.ABLATIONS}.csv").write_text(tables.ablation_csv(ablation + by_method))
+        md = tex = ""  # the variants' table, where there are variants; then the methods'
+        if len(settings["variants"]) > 1:
+            md = tables.ablation_markdown(ablation, rates)
+            tex = tables.ablation_latex(ablation, rates)
+        if by_method:
+            md += ("\n" if md else "") + tables.method_ablation_markdown(by_method, rates)
+            tex += ("\n" if tex else "") + tables.method_ablation_latex(by_method, rates)
+        (out / f"{p.ABLATIONS}.md").write_text(md)
+        (out / f"{p.ABLATIONS}.tex").write_text(tex)
         shown = settings.get("report_variants") or settings["variants"]
         panels = {d: {v: by_variant[d][v] for v in shown if v in by_variant[d]} for d in datasets}
+        panels = {d: {v: [r for r in runs if r["method"] not in extra] for v, runs in ps.items()}
+                  for d, ps in panels.items()}  # fmt: skip
         figures.figure3_variants(panels, datasets, settings["figure3_rates"], methods, references,
                                  p.figure_files(out, p.FIGURE3_VARIANTS))  # fmt: skip
     return markdown_log
