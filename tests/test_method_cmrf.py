@@ -222,10 +222,28 @@ def test_teacher_from_round_zero_and_distillation_waiting_for_t0():
         after[0].row_values == {"audio_eta": 0.5, "visual_eta": 1.0} and after[1].audio_eta == 1.0
     )
     assert before[0].lockstep_key == after[0].lockstep_key  # eta is a per-row value
-    # eta from the teacher's training accuracies: values the rule can give.
+    # eta from the teacher's accuracies on the client's own training data, by hand (4.11).
     trained = _server(model, data).assign_tasks(0, [0, 1], state)
     assert trained[0].kind == "multimodal" and trained[1].kind == "audio"
-    assert {trained[0].audio_eta, trained[0].visual_eta} <= {0.5, 1.0}
+    teacher = model.teacher
+    teacher.load_state_dict(
+        {k[len("teacher.") :]: v for k, v in state.items() if k.startswith("teacher.")}
+    )
+    teacher.eval()
+    idx, labels = data.clients[0], data.labels[data.clients[0]]
+    with torch.no_grad():
+        acc_a = float((teacher.audio_logits(data.audio[idx]).argmax(-1) == labels).float().mean())
+        acc_v = float((teacher.visual_logits(data.visual[idx]).argmax(-1) == labels).float().mean())
+    expected = (1.0 if acc_a > 1.2 * acc_v else 0.5, 1.0 if acc_v > 1.2 * acc_a else 0.5)
+    assert (trained[0].audio_eta, trained[0].visual_eta) == expected
+    # A teacher whose audio head is forced to the right answers on client 0 earns audio's eta 1.
+    with torch.no_grad():
+        state["teacher.audio_head.bias"] = torch.zeros_like(state["teacher.audio_head.bias"])
+        state["teacher.audio_head.weight"] = torch.zeros_like(state["teacher.audio_head.weight"])
+        state["teacher.audio_head.bias"][int(torch.mode(labels).values)] = 10.0
+    forced = _server(model, data).assign_tasks(0, [0, 1], state)
+    share = float((labels == torch.mode(labels).values).float().mean())
+    assert forced[0].audio_eta == (1.0 if share > 1.2 * acc_v else 0.5)
 
 
 def test_no_gradient_reaches_the_teacher():

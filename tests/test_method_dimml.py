@@ -131,40 +131,46 @@ def test_duc_is_infonce_against_a_float64_loop_and_zero_before_the_split():
 
 
 def test_the_masks_equal_a_brute_force_count():
+    """A hit is a sample whose own class is the unique nearest centroid on that dimension; a
+    constant dimension (a dead unit) is nearest to every class at once and never effective,
+    however large the majority class."""
     torch.manual_seed(3)
     n, dims = 30, 7
     labels = torch.randint(0, 3, (n,))
     labels[:3] = torch.tensor([0, 1, 2])
+    labels[3:20] = 0  # a majority class: argmin's first-index tie-break would favour it
     audio = torch.randn(n, dims) + labels[:, None] * torch.tensor([2.0, 0, 0, 1.5, 0, 0, 0])
     visual = torch.randn(n, dims) + labels[:, None] * torch.tensor([0, 2.0, 0, 1.5, 0, 0, 1.0])
+    audio[:, 5] = 0.0  # dead in audio
+    visual[:, 2] = 0.0  # dead in visual
     masks = dimension_masks(audio, visual, labels, 4)  # class 3 has no sample: never a centroid
 
-    def effective(z):
+    def split(z):
         r = []
         for m in range(dims):
-            centroids = {
-                k: sum(float(z[i, m]) for i in range(n) if labels[i] == k)
-                / sum(1 for i in range(n) if labels[i] == k)
-                for k in range(3)
-            }
-            hits = sum(
-                1
-                for i in range(n)
-                if min(centroids, key=lambda k: (abs(float(z[i, m]) - centroids[k]), k))
-                == labels[i]
-            )
+            centroids = {}
+            for k in range(3):
+                values = [float(z[i, m]) for i in range(n) if labels[i] == k]
+                centroids[k] = sum(values) / len(values)
+            hits = 0
+            for i in range(n):
+                d = {k: abs(float(z[i, m]) - c) for k, c in centroids.items()}
+                nearest = [k for k in d if d[k] == min(d.values())]
+                hits += nearest == [int(labels[i])]
             r.append(hits / n)
         mean = sum(r) / dims
-        return [v > mean for v in r]
+        return [v > mean for v in r], [v < mean for v in r]
 
-    eff_a, eff_v = effective(audio), effective(visual)
+    (eff_a, ineff_a), (eff_v, ineff_v) = split(audio), split(visual)
     assert masks["audio_learns"].tolist() == [
-        float(v and not a) for a, v in zip(eff_a, eff_v, strict=True)
+        float(v and a) for a, v in zip(ineff_a, eff_v, strict=True)
     ]
     assert masks["visual_learns"].tolist() == [
-        float(a and not v) for a, v in zip(eff_a, eff_v, strict=True)
+        float(a and v) for a, v in zip(eff_a, ineff_v, strict=True)
     ]
     assert masks["audio_learns"].sum() > 0 and masks["visual_learns"].sum() > 0
+    assert not eff_a[5] and not eff_v[2]  # the dead dimensions teach nothing
+    assert masks["visual_learns"][5] == 0 and masks["audio_learns"][2] == 0
 
 
 def test_the_certainty_weights_sum_to_one_and_favour_the_confident_member():
@@ -218,14 +224,11 @@ def test_a_padded_batch_gives_the_loss_and_gradients_of_the_unpadded_one():
 
 
 def test_with_its_loss_weights_at_zero_the_audio_model_is_harmonys_stage_one(
-    tiny_training, tmp_path, monkeypatch
+    tiny_training, tmp_path
 ):
-    """Same phase seed (the phase name seeds sampling, batches and dropout): DI-MML with
-    lam_s = lam_D = 0 trains the audio encoder and head exactly as Harmony's stage 1, at any
-    missing rate (the visual objective sends the audio part nothing)."""
-    import avfl.methods.dimml as dimml
-
-    monkeypatch.setattr(dimml, "ENCODERS", "harmony_audio")
+    """Stage 1 is seeded as Harmony's (its phase name seeds sampling, batches and dropout):
+    DI-MML with lam_s = lam_D = 0 trains the audio encoder and head exactly as Harmony's stage
+    1, at any missing rate (the visual objective sends the audio part nothing)."""
     fed = {"rounds": 6, "eval_every": 2, "lockstep": False}
     (harmony,) = run_job(
         tiny_job(tiny_training, tmp_path / "h", "harmony", federated=fed), log=quiet

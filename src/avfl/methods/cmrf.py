@@ -3,7 +3,8 @@ flattening for multi-modal domain generalization", NeurIPS 2024; Chapter 4 of Y.
 thesis, PolyU 2025). Equation numbers are the thesis's.
 
 CMRF is not a federated method: this is our own federated adaptation, built as an ablation
-(`role="ablation"`), beside MultiFL and ModalityMirror, never a Table 1 row.
+(`role="ablation"`), beside MultiFL and ModalityMirror, not a Table 1 row (unless a
+configuration names it in `experiment.methods`).
 
 The thesis's, kept: a projector per modality into a shared space (4.5); a teacher that is the
 online model up to t0 and the simple moving average (SMA) of the online weights from t0 on
@@ -472,7 +473,7 @@ class CMRFServer:
     colour="#8C613C",
     role="ablation",
     objective_drifts=True,  # the teacher's targets and eta change every round
-    cost=5.0,  # autograd through vmap (no written-out kernels): 5.5x MultiFL's tiny-dataset run
+    cost=7.0,  # per run, against MultiFL's, on the embedded grid's job records: autograd through vmap, teacher and projectors
     cite="Fan et al., Cross-modal representation flattening for multi-modal domain generalization, NeurIPS 2024",
     settings=[
         setting("lambda_cls", 2.0, "lam1 of 4.12, the unimodal classifiers' weight (Section 4.6)", type="number", minimum=0),
@@ -494,8 +495,8 @@ class CMRFServer:
             "eta", "train_accuracy",
             "open point 3: 4.11 compares the teacher's validation accuracies, which would put "
             "the dev split (model selection) into training: each client compares them on its own "
-            "training data; audio_half is the code's constant (audio 0.5, visual 1, fitted to "
-            "EPIC, where video leads), none sets eta = 1 (the text's ablation without it)",
+            "training data; audio_half is the code's eta (audio 0.5, visual 1, fitted to EPIC, "
+            "where video leads; the code also halves the audio CE, which is not followed), none sets eta = 1 (the text's ablation without it)",
             enum=["train_accuracy", "audio_half", "none"],
         ),
         setting(

@@ -24,7 +24,7 @@ What is ours:
   clients train both encoders, their heads and W, with DUC; audio-only clients train the
   audio encoder, psi^A and W by CE(psi^A h^A) + lam_s CE(W h^A), without DUC (no pair);
 - the dimension split is computed once, after the warm-up round, by the server from global
-  class statistics of the global model (the class centroids of the chosen clients' samples,
+  class statistics of the global model (the class centroids of all multimodal clients' samples,
   then the per-dimension hit counts against them: two exchanges of sums and counts), and sent
   to the clients as the buffer group `duc_masks`;
 - stage 2 is a fusion-head phase on the multimodal clients, selected by the audio-visual
@@ -47,8 +47,11 @@ authors' code `fanyunfeng-bit/DI-MML`, `main_CFT.py`, `main_CFT_stage2.py`,
   linear head on the frozen encoder). Table 1 reports encoder + psi^A; the shared-head audio
   classifier W h^A, the fusion head alone and the visual model are recorded beside it;
 - not followed: the code selects epochs on test data and adds noise to images.
-With lam_s = lam_D = 0 the audio part is exactly Harmony's stage-1 audio model (tested), so
-DI-MML against Harmony isolates what S-Clf and DUC do to the audio model.
+Stage 1 draws its randomness (client sampling, batch orders, dropout) under Harmony's stage-1
+phase name, so each DI-MML run is paired with the Harmony run of its seed: with lam_s = lam_D = 0
+its audio model is Harmony's stage-1 model (tested; bit for bit where both train one row at a
+time, to float rounding in lockstep, where Harmony's task has written-out kernels), and DI-MML
+against Harmony isolates what S-Clf and DUC do to the audio model.
 """
 
 from __future__ import annotations
@@ -66,7 +69,11 @@ if TYPE_CHECKING:
     from avfl.fl.types import ClientUpdate
     from avfl.methods.context import MethodResult, RunContext
 
-ENCODERS = "dimml_encoders"  # stage 1's phase name (its seed, with the round and client)
+# Stage 1 has Harmony's stage-1 phase name: client sampling, batch orders and dropout are drawn
+# from (seed, phase, round, client), so a DI-MML run and the Harmony run of its seed are paired
+# draw for draw, and they differ only in what DI-MML adds (as MultiFL, FedProx and FedAdam
+# share theirs). Checkpoints are per run folder: the names never meet.
+ENCODERS = "harmony_audio"
 FUSION = "dimml_fusion"
 
 
@@ -120,8 +127,8 @@ def dimension_masks(
     """The DUC masks from embeddings of the training samples (3.3-3.5).
 
     Per modality: the class centroid on every dimension, each sample's nearest centroid on
-    each dimension alone, r_m = the share of samples whose nearest centroid is their class,
-    effective = r_m above the modality's mean r. `audio_extra` adds (embeddings, labels) to the
+    each dimension alone, r_m = the share of samples whose nearest centroid is their class
+    alone, effective = r_m above the modality's mean r, ineffective = below it. `audio_extra` adds (embeddings, labels) to the
     audio statistics only (audio from every client). Returns float masks: `audio_learns`, the
     dimensions effective for visual only (audio is DUC's student there), and `visual_learns`.
     """
@@ -139,18 +146,24 @@ def dimension_masks(
         distance = (z[:, None, :] - centroids[None, :, :]).abs()  # (samples, classes, dims)
         # A class no sample holds has no centroid: never the nearest.
         distance = torch.where((counts > 0)[None, :, None], distance, torch.inf)
-        hits = (distance.argmin(dim=1) == y[:, None]).double()
+        # A hit: the own class is the nearest centroid, and the only one that near (a
+        # dimension that is constant over the samples, a dead ReLU unit, is nearest to every
+        # class at once and carries no class information).
+        nearest = distance.amin(dim=1, keepdim=True)
+        own = distance.gather(1, y[:, None, None].expand(-1, 1, z.shape[1]))
+        unique = (distance == nearest).sum(dim=1, keepdim=True) == 1
+        hits = ((own == nearest) & unique).squeeze(1).double()
         r = hits.mean(dim=0)
-        return r > r.mean()
+        return r > r.mean(), r < r.mean()  # effective, ineffective (3.5)
 
-    eff_a = effective(
+    eff_a, ineff_a = effective(
         audio if audio_extra is None else torch.cat([audio, audio_extra[0]]),
         labels if audio_extra is None else torch.cat([labels, audio_extra[1]]),
     )
-    eff_v = effective(visual, labels)
+    eff_v, ineff_v = effective(visual, labels)
     return {
-        "audio_learns": (eff_v & ~eff_a).float(),
-        "visual_learns": (eff_a & ~eff_v).float(),
+        "audio_learns": (eff_v & ineff_a).float(),  # d_ne^A intersected with d_e^V
+        "visual_learns": (eff_a & ineff_v).float(),
     }
 
 
@@ -277,25 +290,33 @@ def _model_class():
     return DIMMLModel
 
 
+def _batched(forward, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """`forward` over `x` in batches, without gradients (fine-tuning mode's backbones would not
+    hold a whole split at once; evaluate.predict batches alike)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([forward(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+
+
 def _masks(self, state) -> dict[str, torch.Tensor]:
     """The DUC masks of the global `state` from its class statistics (`dimension_masks`)."""
     import torch
 
     data = self.data
     self.scratch.load_state_dict(state)
-    with torch.no_grad():
-        idx = torch.cat([data.clients[c] for c in data.multimodal])
-        extra = None
-        if self.audio_from == "all" and data.audio_only:
-            other = torch.cat([data.clients[c] for c in sorted(data.audio_only)])
-            extra = (self.scratch.audio_embedding(data.audio[other]), data.labels[other])
-        return dimension_masks(
-            self.scratch.audio_embedding(data.audio[idx]),
-            self.scratch.visual_embedding(data.visual[idx]),
-            data.labels[idx],
-            data.n_classes,
-            extra,
-        )
+    idx = torch.cat([data.clients[c] for c in data.multimodal])
+    extra = None
+    if self.audio_from == "all" and data.audio_only:
+        other = torch.cat([data.clients[c] for c in sorted(data.audio_only)])
+        extra = (_batched(self.scratch.audio_embedding, data.audio[other]), data.labels[other])
+    return dimension_masks(
+        _batched(self.scratch.audio_embedding, data.audio[idx]),
+        _batched(self.scratch.visual_embedding, data.visual[idx]),
+        data.labels[idx],
+        data.n_classes,
+        extra,
+    )
 
 
 @functools.cache
@@ -332,7 +353,7 @@ def _server_class():
     display="DI-MML",
     colour="#64B5CD",
     objective_drifts=True,  # the DUC term joins the local objective after the warm-up round
-    cost=2.0,  # multimodal clients train both encoders and the batch-coupled DUC term through autograd
+    cost=2.4,  # per run, against MultiFL's, on the embedded grid's job records: autograd through vmap, both encoders
     cite="Fan et al., Detached and interactive multimodal learning, ACM MM 2024 (federated here: our adaptation)",
     settings=[
         setting("shared_weight", 1.0, "lam_s of 3.7: the thesis sets lam_s = lam_D = 1 (the code's weight 1); 0 removes the shared classifier (S-Clf)", type="number", minimum=0),
@@ -395,14 +416,14 @@ def dimml(ctx: RunContext) -> MethodResult:
         chosen, model.av_model = model.av_model, other
         metrics[f"av_{other}"] = evaluate(model, ctx.data, ctx.data.test, "av")
         model.av_model = chosen
-    model.load_state_dict(encoders.state)
-    model.eval()
-    test = ctx.data.test
-    with torch.no_grad():
-        shared = model.shared_audio_logits(ctx.data.audio[test]).float().cpu().numpy()
-    metrics["audio_shared_head"] = classification_metrics(
-        shared, ctx.data.labels[test].cpu().numpy(), ctx.data.n_classes
-    )
+    if s["shared_weight"] > 0:  # W is trained only then
+        model.load_state_dict(encoders.state)
+        model.eval()
+        test = ctx.data.test
+        shared = _batched(model.shared_audio_logits, ctx.data.audio[test])
+        metrics["audio_shared_head"] = classification_metrics(
+            shared.float().cpu().numpy(), ctx.data.labels[test].cpu().numpy(), ctx.data.n_classes
+        )
     return MethodResult(
         model, phases, evaluate_states, saved={"encoders": encoders.state}, metrics=metrics
     )

@@ -379,7 +379,8 @@ def method_ablation_rows(
     rows = []
     for model in ("audio", "av"):
         cells = accuracy_cells([r for r in runs if r["method"] in shown], metric, rates, model)
-        for method in shown:
+        # ModalityMirror's audio-visual model is its teacher, MultiFL's: no row of its own.
+        for method in [m for m in shown if model == "audio" or m != "modalitymirror"]:
             for rate in rates:
                 cell = cells.get((method, float(rate)))
                 if cell is None:
