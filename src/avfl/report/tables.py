@@ -331,6 +331,22 @@ def print_table(
 # --- ablations -------------------------------------------------------------------------------
 
 
+def _paired_row(
+    cell: Mapping[str, Any], base: Mapping[str, Any] | None, **keys: Any
+) -> dict[str, Any]:
+    """An ablation row: `cell`'s mean and std over seeds and, with `base`, the paired change
+    (per seed present in both: cell minus base; mean and std over those seeds)."""
+    row = {**keys, "mean": cell["mean"], "std": cell["std"], "n_seeds": cell["n_seeds"],
+           "unhealthy": cell["unhealthy"], "delta": None, "delta_std": None}  # fmt: skip
+    if base is not None:
+        seeds = sorted(set(cell["per_seed"]) & set(base["per_seed"]))
+        deltas = [cell["per_seed"][s] - base["per_seed"][s] for s in seeds]
+        if deltas:
+            row["delta"] = statistics.fmean(deltas)
+            row["delta_std"] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+    return row
+
+
 def ablation_rows(
     runs_by_variant: Mapping[str, Sequence[Mapping[str, Any]]], changed: Mapping[str, Sequence[str]],
     metric: str, rates: Sequence[float], dataset: str,
@@ -349,18 +365,8 @@ def ablation_rows(
                 cell, base = ours.get((method, float(rate))), theirs.get((method, float(rate)))
                 if cell is None:
                     continue
-                row = {
-                    "dataset": dataset, "variant": variant, "method": method, "rate": float(rate),
-                    "mean": cell["mean"], "std": cell["std"], "n_seeds": cell["n_seeds"],
-                    "unhealthy": cell["unhealthy"], "delta": None, "delta_std": None,
-                }  # fmt: skip
-                if base is not None:
-                    seeds = sorted(set(cell["per_seed"]) & set(base["per_seed"]))
-                    deltas = [cell["per_seed"][s] - base["per_seed"][s] for s in seeds]
-                    if deltas:
-                        row["delta"] = statistics.fmean(deltas)
-                        row["delta_std"] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
-                rows.append(row)
+                rows.append(_paired_row(cell, base, dataset=dataset, variant=variant,
+                                        method=method, rate=float(rate)))  # fmt: skip
     return rows
 
 
@@ -386,19 +392,9 @@ def method_ablation_rows(
                 if cell is None:
                     continue
                 base = cells.get(("multifl", float(rate))) if method != "multifl" else None
-                row = {
-                    "dataset": dataset, "variant": "default", "method": method, "model": model,
-                    "against": "multifl" if base is not None else "", "rate": float(rate),
-                    "mean": cell["mean"], "std": cell["std"], "n_seeds": cell["n_seeds"],
-                    "unhealthy": cell["unhealthy"], "delta": None, "delta_std": None,
-                }  # fmt: skip
-                if base is not None:
-                    seeds = sorted(set(cell["per_seed"]) & set(base["per_seed"]))
-                    deltas = [cell["per_seed"][s] - base["per_seed"][s] for s in seeds]
-                    if deltas:
-                        row["delta"] = statistics.fmean(deltas)
-                        row["delta_std"] = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
-                rows.append(row)
+                rows.append(_paired_row(cell, base, dataset=dataset, variant="default",
+                                        method=method, model=model, rate=float(rate),
+                                        against="multifl" if base is not None else ""))  # fmt: skip
     return rows
 
 
