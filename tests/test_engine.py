@@ -289,6 +289,25 @@ def test_best_dev_selection_keeps_the_first_best_round():
     assert all("train_loss" in point for point in result.dev_curve)
 
 
+def test_a_phase_without_a_dev_metric_keeps_its_last_round_and_scores_nothing(monkeypatch):
+    """Self-supervised pre-training has no classifier to score: its curve holds the training
+    loss only, nothing is evaluated on dev, and the last round's state is the result."""
+    import avfl.fl.engine as engine
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a phase without a dev metric was scored on dev")
+
+    monkeypatch.setattr(engine, "dev_scores", no_scoring)
+    data = make_data(n_clients=2)
+    phase = Phase("p", range(2), lambda c: AudioTask(), rounds=4, clients_per_round=2,
+                  select_by=engine.NO_DEV)  # fmt: skip
+    model = fresh_model()
+    result = run_phase(phase, model, initial(model), data, settings(eval_every=2), 0, log=quiet)
+    assert result.selected_round == 4 and [p["round"] for p in result.dev_curve] == [2, 4]
+    assert all(set(p) == {"round", "train_loss"} for p in result.dev_curve)
+    assert all(torch.equal(result.state[k], result.last_state[k]) for k in result.state)
+
+
 def test_models_are_selected_on_top5_where_the_report_is_top5():
     """ActivityNet reports top-5: its phases keep the round of the best dev top-5 (the curve
     records top-1 beside it, for the health guard)."""

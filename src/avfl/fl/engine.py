@@ -51,6 +51,7 @@ CHECKPOINT_FORMAT = 4  # 3: BMSFed's server keeps its rows' norms; 4: a checksum
 # unchecked as the version that wrote it read it, instead of training from round 0.
 RESUMABLE_FORMATS = {3: False, CHECKPOINT_FORMAT: True}
 clock = time.monotonic  # when checkpoints are due (checkpoint_interval_s); tests replace it
+NO_DEV = "none"  # a phase's select_by when it has no dev metric: its last round is kept
 
 
 @dataclass
@@ -227,12 +228,17 @@ def _start(run: PhaseRequest) -> PhaseProgress:
 
 
 def _evaluate(live: PhaseProgress, first: bool = False) -> None:
-    """Dev scores of the current state; the state becomes the best of a metric if it beats it."""
+    """Dev scores of the current state; the state becomes the best of a metric if it beats it.
+    A phase selected by NO_DEV (self-supervised pre-training: it has no classifier to score)
+    records its training loss only and keeps its latest state."""
     run = live.run
-    run.model.load_state_dict(live.state)
     point: dict[str, float] = {"round": live.round}
     k = 5 if run.cfg.selection_metric == "top5" else 1
-    for metric in live.metrics:
+    if run.phase.select_by == NO_DEV:
+        live.best[NO_DEV] = (float("nan"), live.round, _copy(live.state))
+    else:
+        run.model.load_state_dict(live.state)
+    for metric in [m for m in live.metrics if m != NO_DEV]:
         scores = dev_scores(run.model, run.data, metric, k)  # top-1 too: the health guard's
         for at, value in sorted(scores.items()):
             point[f"dev_{metric}_top{at}"] = round(value, 6)
@@ -250,11 +256,15 @@ def _evaluate(live: PhaseProgress, first: bool = False) -> None:
         point["train_loss"] = round(float(np.mean(live.losses)), 6)
         live.losses = []
     live.curve.append(point)
-    main = point[f"dev_{run.phase.select_by}_top{k}"]
     loss = f" loss {point['train_loss']:.4f}" if "train_loss" in point else ""
+    dev = (
+        f" dev {run.phase.select_by} top{k} {point[f'dev_{run.phase.select_by}_top{k}']:.4f}"
+        if run.phase.select_by != NO_DEV
+        else ""
+    )
     run.log(
-        f"[{run.phase.name}] round {live.round}/{run.phase.rounds} dev {run.phase.select_by} "
-        f"top{k} {main:.4f}{loss} ({time.perf_counter() - live.tic:.2f} s)"
+        f"[{run.phase.name}] round {live.round}/{run.phase.rounds}{dev}{loss} "
+        f"({time.perf_counter() - live.tic:.2f} s)"
     )
     live.tic = time.perf_counter()
 

@@ -118,7 +118,9 @@ class Phase:
     task_of: Callable[[int], Task]
     rounds: int
     clients_per_round: int
-    select_by: str  # "audio" | "av" | "visual": the dev metric that picks the round kept
+    # "audio" | "av" | "visual": the dev metric that picks the round kept; "none": no dev
+    # metric (self-supervised pre-training), the last round is kept
+    select_by: str
     server: Callable[[Phase, PhaseContext], Server] | None = None
     start_is_candidate: bool = False
     also_select: tuple[str, ...] = ()
