@@ -34,6 +34,9 @@ output and carries on after a failure. In order:
   f grid, CPU  the same sub-grid on the machine's own CPUs, min(8, cores) processes: is a GPU
                worth it for frozen mode?
   g breakdown, BMSFed (only with time left): BMSFed's server share on the GPU (finding 5).
+  h ssl step (only with time left): FSSUAVL's SimCLR rounds on the GPU, the small CNN at
+               32 and 64 px and ResNet-18 at 128 px: seconds per round, and what the embedded
+               grid's 36 self-supervised runs would take (config/ssl.yaml's full-size grid).
 
 A step that would not fit in what is left of --budget-s (after the shortest time every later
 step needs) is skipped, and the report says so. On a machine without a usable CUDA device it
@@ -434,6 +437,9 @@ def plan(work: Path, n_cores: int, kernels_all: bool) -> list[Step]:
     steps.append(Step("breakdown_bmsfed", "g. run_breakdown.py --device cuda --method bmsfed (time left)",
                       [py, "benchmarks/run_breakdown.py", "--device", "cuda", "--method", "bmsfed",
                        "--rounds", str(ROUNDS), "--no-record"], 75, 30, needs=config, optional=True))  # fmt: skip
+    steps.append(Step("ssl_step", "h. ssl_step.py --device cuda: FSSUAVL's pre-training (time left)",
+                      [py, "benchmarks/ssl_step.py", "--device", "cuda", "--rounds", "3",
+                       "--no-record"], 150, 40, optional=True))  # fmt: skip
     return steps
 
 

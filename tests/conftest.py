@@ -145,7 +145,7 @@ def tiny_job(
 
     config = training["config"]
     spec = get_method(method)
-    block = {**config["methods"][method], **(settings or {})}
+    block = {**config["methods"][spec.settings_of or method], **(settings or {})}
     block.pop("federated", None)
     effective = {
         "model": {**config["model"], **(model or {})},

@@ -77,6 +77,12 @@ def _with(update):
         ({"surprise": 1}, "unknown config key 'surprise'"),
         ({"experiment": {"methods": ["fedprocs"]}}, "unknown method 'fedprocs'"),
         ({"experiment": {"methods": ["centralised"]}}, "is a reference, not a method"),
+        (
+            {"experiment": {"ablation_methods": ["ssl_random_probe"]}},
+            "'ssl_random_probe' is a reference: name it in experiment.methods",
+        ),
+        ({"methods": {"fassl": {"temperature": 0.1}}}, "methods.fassl"),
+        ({"methods": {"fssuavl": {"backbone": "vit"}}}, "methods.fssuavl.backbone"),
         ({"methods": {"fedprox": {"mu": -1}}}, "methods.fedprox.mu"),
         ({"methods": {"bmsfed": {"chi": 0.5}}}, "methods.bmsfed.chi"),
         (
@@ -146,3 +152,17 @@ def test_every_shipped_config_validates_on_top_of_the_default(name):
     from avfl.config import config_layers
 
     load_config([REPO / "config/config.yaml", *config_layers(REPO / "config" / name)])
+
+
+def test_methods_that_train_from_the_raw_inputs_are_refused_on_embeddings_only_data():
+    config = validate_config(_with({}))
+    assert config["methods"]["fassl"] == {}  # its settings are methods.fssuavl's
+    assert "It runs with the settings of methods.fssuavl" in str(
+        __import__("avfl.config", fromlist=["x"]).load_schema()["properties"]["methods"][
+            "properties"
+        ]["fassl"]
+    )
+    rehearsal = load_config([REPO / "config/config.yaml", REPO / "config/rehearsal.yaml"])
+    rehearsal["experiment"]["methods"] = ["multifl", "fssuavl"]
+    with pytest.raises(ConfigError, match="fssuavl train from the raw fbank and frames"):
+        validate_config(rehearsal)

@@ -227,3 +227,35 @@ def test_a_report_folder_of_other_datasets_is_refused_before_any_job(tmp_path):
     ):
         mine.check_report_folder(tmp_path)
     plan(experiment={"name": "mine"}).check_report_folder(tmp_path)  # its own folder
+
+
+def test_opt_in_methods_run_only_where_named_and_read_the_features():
+    assert not {"fssuavl", "fassl", "ssl_random_probe"} & {j.method for j in plan().jobs}
+    p = plan(experiment={"methods": ["multifl", "fssuavl", "fassl", "ssl_random_probe"]},
+             federated={"device": "auto"})  # fmt: skip
+    assert p.grid.methods == ["multifl", "fssuavl", "fassl"]
+    assert p.grid.references == ["centralised", "ssl_random_probe"]
+    runs = {r.method: r for r in p.all_runs if r.fold == 1 and r.seed == 0}
+    assert runs["fssuavl"].reference.endswith(
+        "centralised/seed0/metrics.json"
+    )  # the health guard's
+    assert runs["fassl"].rate is None and runs["ssl_random_probe"].reference is None
+    jobs = {j.method: j for j in p.jobs if j.spec.fold == 1}
+    for name in ("fssuavl", "fassl", "ssl_random_probe"):
+        spec = jobs[name].spec
+        assert spec.embeddings is None and spec.gpu  # a trained backbone asks for a GPU under auto
+        assert any(i.endswith("fbank.npy") for i in jobs[name].inputs)
+    assert jobs["multifl"].spec.embeddings is not None and not jobs["multifl"].spec.gpu
+    # One block configures the three: a change to it changes all their runs, and nothing else.
+    changed = plan(experiment={"methods": ["multifl", "fssuavl", "fassl", "ssl_random_probe"]},
+                   federated={"device": "auto"}, methods={"fssuavl": {"temperature": 0.2}})  # fmt: skip
+    differ = {
+        j.method
+        for j, k in zip(p.jobs, changed.jobs, strict=True)
+        if j.spec.config_hash != k.spec.config_hash
+    }
+    assert differ == {"fssuavl", "fassl", "ssl_random_probe"}
+    on_cpu = plan(
+        experiment={"methods": ["fssuavl"]}, methods={"fssuavl": {"federated": {"device": "cpu"}}}
+    )
+    assert not any(j.spec.gpu for j in on_cpu.jobs)

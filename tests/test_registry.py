@@ -64,6 +64,17 @@ def test_builtin_registry():
     assert methods("method") == BUILTIN_METHODS
     assert methods("reference") == ["centralised"]
     assert methods("ablation") == ["cmrf"]
+    # Opt-in: they run only where experiment.methods names them.
+    assert methods("method", opt_in=True) == [*BUILTIN_METHODS, "fssuavl", "fassl"]
+    assert methods("reference", opt_in=True) == ["centralised", "ssl_random_probe"]
+    assert {m for m, s in registry().items() if s.raw_inputs} == {
+        "fssuavl",
+        "fassl",
+        "ssl_random_probe",
+    }
+    assert (
+        get_method("fassl").settings_of == get_method("ssl_random_probe").settings_of == "fssuavl"
+    )
     assert get_method("harmony").uses_rate is False
     with pytest.raises(ValueError, match="registered: unifl"):
         get_method("nope")

@@ -364,3 +364,42 @@ def test_cremad_fixture_runs_end_to_end(tmp_path: Path):
         "| CREMA-D | CMRF | audio |" in ablations
         and "| CREMA-D | CMRF | audio-visual |" in ablations
     )
+
+
+def test_the_self_supervised_methods_run_through_the_dag_to_table1_figure3_and_the_claims(
+    tmp_path: Path,
+):
+    """FSSUAVL, FASSL and the random-init probe, opt-in, read the fbank and frames in frozen
+    mode, and reach Table 1, Figure 3 and the FSSUAVL > FASSL claim; the other methods' jobs
+    are those of the configuration without them."""
+    ssl = {"image_size": 16, "pretrain_rounds": 2, "pretrain_local_epochs": 1}
+    methods = ["multifl", "fssuavl", "fassl", "ssl_random_probe"]
+    config = tiny_workflow_config(
+        tmp_path / "ssl.yaml", seeds=(0,), methods={"fssuavl": ssl},
+        experiment={"methods": methods, "figure3_rates": [0.5]},
+    )  # fmt: skip
+    run = snakemake(tmp_path, "all", "--configfile", str(config))
+    assert run.returncode == 0, run.stderr[-3000:]
+    table1 = (tmp_path / "results/report/tiny/table1.md").read_text()
+    for name in ("FSSUAVL", "FASSL", "*Random-init probe (audio)*", "MultiFL"):
+        assert f"| {name} |" in table1, table1
+    claims = (tmp_path / "results/report/tiny/claims.csv").read_text()
+    assert "fssuavl_gt_fassl@0.5" in claims
+    record = json.loads(
+        (tmp_path / "results/tiny/runs/default/fold1/fssuavl/r0.5/seed0/metrics.json").read_text()
+    )
+    assert record["embeddings"] is None and set(record["rounds"]) == {"simclr", "probe"}
+    assert record["config"]["method"]["image_size"] == 16
+    probe = json.loads(
+        (
+            tmp_path / "results/tiny/runs/default/fold1/ssl_random_probe/seed0/metrics.json"
+        ).read_text()
+    )
+    assert probe["config"]["method"] == record["config"]["method"]  # FSSUAVL's block, shared
+    without = tiny_workflow_config(
+        tmp_path / "plain.yaml",
+        seeds=(0,),
+        experiment={"methods": ["multifl"], "figure3_rates": [0.5]},
+    )
+    dry = snakemake(tmp_path, "-n", "all", "--configfile", str(without))
+    assert dry.returncode == 0 and not job_outputs(dry, "train"), dry.stdout[-2000:]

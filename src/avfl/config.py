@@ -60,13 +60,18 @@ def method_schemas(federated: Mapping[str, Any]) -> dict[str, Any]:
     blocks = {}
     for name, spec in registry().items():
         properties = {s.name: s.json_schema() for s in spec.settings}
-        properties["federated"] = override
+        description = f"{spec.display}: {spec.summary}" + (f" ({spec.cite})" if spec.cite else "")
+        if spec.settings_of:  # configured by the other method's block, federated included
+            description += (
+                f". It runs with the settings of methods.{spec.settings_of}: set them there"
+            )
+        else:
+            properties["federated"] = override
         blocks[name] = {
             "type": "object",
             "additionalProperties": False,
             "default": {},
-            "description": f"{spec.display}: {spec.summary}"
-            + (f" ({spec.cite})" if spec.cite else ""),
+            "description": description,
             "properties": properties,
         }
     return blocks
@@ -141,13 +146,28 @@ def _semantic_problems(config: Mapping[str, Any], check_variants: bool = True) -
     """Cross-field checks that JSON schema cannot express."""
     from avfl.methods import methods, registry
 
-    runnable = methods("method") + methods("ablation")
+    runnable = methods("method", opt_in=True) + methods("ablation", opt_in=True)
+    opt_in_references = [r for r in methods("reference", opt_in=True) if registry()[r].opt_in]
     for key in ("methods", "ablation_methods"):
         for name in config["experiment"][key] or []:
             if name not in registry():
-                yield f"config key 'experiment.{key}': unknown method '{name}' (registered: {', '.join(runnable)})"
-            elif name not in runnable:
+                yield f"config key 'experiment.{key}': unknown method '{name}' (registered: {', '.join(runnable + opt_in_references)})"
+            elif name in opt_in_references and key == "ablation_methods":
+                yield f"config key 'experiment.ablation_methods': '{name}' is a reference: name it in experiment.methods"
+            elif name not in runnable and name not in opt_in_references:
                 yield f"config key 'experiment.{key}': '{name}' is a reference, not a method; references always run"
+    raw = [
+        n
+        for n in config["experiment"]["methods"] or []
+        if n in registry() and registry()[n].raw_inputs
+    ]
+    for name in config["run_datasets"]:
+        ds = config["datasets"].get(name, {})
+        if raw and ds.get("source") == "rehearsal":
+            yield (
+                f"config key 'experiment.methods': {', '.join(raw)} train from the raw fbank and "
+                f"frames, which the rehearsal dataset '{name}' does not have: drop them or the dataset"
+            )
     if check_variants:
         yield from _variant_problems(config)
     blocks = {"federated": config["federated"]} | {

@@ -194,6 +194,12 @@ def method_page(spec) -> str:
         f"- **Consumes:** {', '.join(f'[{c}]({c}.md)' for c in consumes) if consumes else 'nothing'}",
         f"- **Module:** `{spec.module}`",
     ]  # fmt: skip
+    if spec.opt_in:
+        facts.insert(1, "- **Opt-in:** runs only where `experiment.methods` names it, as "
+                        "`config/ssl.yaml` does")  # fmt: skip
+    if spec.raw_inputs:
+        facts.insert(1, "- **Inputs:** trains its own backbone from the stored fbank and frames, "
+                        "in either `model.mode`")  # fmt: skip
     if spec.cite:
         facts.insert(0, f"- **Paper:** {spec.cite}")
     lines = [GENERATED_NOTE, "", f"# {spec.display} (`{spec.name}`)", "", spec.summary, "",
@@ -205,6 +211,10 @@ def method_page(spec) -> str:
             f"| `{s.name}` | `{json.dumps(s.default)}` | {_cell(s.reason)} |" for s in spec.settings
         ]
         lines.append("")
+    if spec.settings_of:
+        lines += ["## Settings", "", f"Those of [{spec.settings_of}]({spec.settings_of}.md): "
+                  f"`methods.{spec.settings_of}` configures both, its `federated` overrides "
+                  "included.", ""]  # fmt: skip
     doc = (module.__doc__ or "").strip()
     if doc:
         lines += ["## How it works", "", doc, ""]
@@ -237,6 +247,7 @@ def methods_table(specs) -> str:
     return "\n".join(
         f"- **{s.display}** (`{s.name}`"
         + (", ablation table only" if s.role == "ablation" else "")
+        + (", opt-in" if s.opt_in else "")
         + f"): {s.summary}"
         + (f" *{s.cite}*" if s.cite else "")
         for s in specs
@@ -628,6 +639,8 @@ def blocks(root: Path = REPO) -> dict[tuple[Path, str], Callable[[], str]]:
         (root / "docs/results/cremad_fixture.md", "ablations"): lambda: results_block(
             "cremad_fixture", "ablations", root
         ),
+        (root / "docs/results/ssl.md", "table1"): lambda: results_block("ssl", "table1", root),
+        (root / "docs/results/ssl.md", "claims"): lambda: results_block("ssl", "claims", root),
         (root / "docs/guide/ablations.md", "ablation-choices"): lambda: ablation_choices(
             specs, variants
         ),

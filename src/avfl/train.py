@@ -41,7 +41,7 @@ from avfl.fl.types import TrainSettings, derive_seed
 from avfl.jobspec import JobSpec, RunSpec
 from avfl.methods import get_method
 from avfl.methods.context import MethodResult, RunContext
-from avfl.models.backbones import build_audio_backbone, build_visual_backbone
+from avfl.models.backbones import build_audio_backbone, build_visual_backbone, valid_fbank_stats
 from avfl.models.heads import AVModel, feature_stats
 from avfl.records import save_torch, verify_checksum, with_checksum, write_json
 
@@ -76,7 +76,9 @@ class FoldTensors:
 def _load_fold(job: JobSpec, device: torch.device) -> FoldTensors:
     manifest = job.feature_dir / paths.MANIFEST
     rows = [r for r in read_manifest(manifest) if r.status == STATUS_OK]
-    frozen = job.settings["model"]["mode"] == "frozen"
+    # A method that trains its own backbone (MethodSpec.raw_inputs) reads the features in
+    # either mode.
+    frozen = job.settings["model"]["mode"] == "frozen" and not get_method(job.method).raw_inputs
     if frozen:
         inputs = job.embedding_paths()
         if inputs is None:
@@ -101,11 +103,7 @@ def _load_fold(job: JobSpec, device: torch.device) -> FoldTensors:
 
 def _training_fbank_stats(fold: FoldTensors, data: FederatedData) -> dict[str, float]:
     """Fine-tuning mode: the fbank mean and std over the valid frames of the training clips only."""
-    idx = data.training_indices().cpu()
-    fbank = fold.audio[idx.to(fold.audio.device)].double()
-    valid = fbank.abs().sum(dim=-1) > 0
-    values = fbank[valid]
-    return {"mean": float(values.mean()), "std": float(values.std(unbiased=False))}
+    return valid_fbank_stats(fold.audio, data.training_indices())
 
 
 def build_model(job: JobSpec, fold: FoldTensors, data: FederatedData, seed: int) -> AVModel:
@@ -254,13 +252,15 @@ def _one_run(job: JobSpec, run: RunSpec, fold: FoldTensors, device: torch.device
         spec = get_method(job.method)
         if spec.uses_rate and run.rate is None:
             raise UserError(f"method {job.method} needs a video-missing rate")
-        with _GLOBAL_RNG:
-            model = build_model(job, fold, data, run.seed)
+        model = None  # a method that trains its own backbone builds its own model
+        if not spec.raw_inputs:
+            with _GLOBAL_RNG:
+                model = build_model(job, fold, data, run.seed)
         consumed = _load_consumed(job, run, device)
         checkpoints = paths.checkpoint_dir(run.out, job.config_hash)
         checkpoints.mkdir(parents=True, exist_ok=True)
         ctx = RunContext(
-            data=data, model=model, initial_state={k: v.clone() for k, v in model.state_dict().items()},
+            data=data, model=model, initial_state={k: v.clone() for k, v in model.state_dict().items()} if model is not None else {},
             train=train_settings(job.settings["federated"], job.settings["selection_metric"]), federated=job.settings["federated"],
             method_settings=job.settings["method"], seed=run.seed, runner=runner, checkpoint_dir=checkpoints,
             rate=run.rate, log=say, consumed=consumed, stop_after=stop_after,

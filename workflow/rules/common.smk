@@ -1,6 +1,7 @@
 # Config validation and the experiment's plan (avfl.plan: every file and the job that makes it).
 # Nothing here imports torch: parsing the workflow needs only the config and method metadata.
 
+import copy
 import json
 import os
 import sys
@@ -31,7 +32,7 @@ try:
 except UserError as exc:
     raise WorkflowError(str(exc)) from None
 config.clear()
-config.update(_validated)
+config.update(copy.deepcopy(_validated))  # the plan keeps its own: the lines below change this one
 # What ran, for the report's front page (workflow/report/workflow.rst): null means every
 # registered method.
 config["experiment"]["methods"] = PLAN.methods

@@ -10,7 +10,12 @@ padded batch gives the loss and gradients of the unpadded one.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
+
+from avfl.models import views
 
 
 def nt_xent(
@@ -35,3 +40,55 @@ def nt_xent(
     positive = sim.gather(1, partner[:, None]).squeeze(1)
     per_view = logits.logsumexp(dim=-1) - positive
     return 0.5 * (per_view[:n] + per_view[n:])
+
+
+# Per sample and step: two audio views' draws, then two image views' (models/views.py). The
+# audio draws come first, so an audio-only client's audio views are the ones a multimodal
+# client would take: FSSUAVL at rate 1 is FASSL, bit for bit.
+AUDIO_VIEWS = slice(0, 2 * views.AUDIO_DRAWS)
+IMAGE_VIEWS = (
+    slice(2 * views.AUDIO_DRAWS, 2 * views.AUDIO_DRAWS + views.IMAGE_DRAWS),
+    slice(2 * views.AUDIO_DRAWS + views.IMAGE_DRAWS, 2 * (views.AUDIO_DRAWS + views.IMAGE_DRAWS)),
+)
+DRAWS = 2 * (views.AUDIO_DRAWS + views.IMAGE_DRAWS)
+
+
+@dataclass(frozen=True)
+class ContrastiveTask:
+    """SimCLR per modality on a client's own clips (FSSUAVL Eq. 1): two views of each clip's
+    audio and, for `modalities` ("audio", "visual"), of its frame, through one backbone.
+
+    A batch is all audio or all images: each modality is one forward pass of both views (its
+    own BatchNorm batch statistics), and the step minimises the sum of the two modalities'
+    mean losses (one optimizer step; the paper's "sequentially" leaves separate steps open).
+    There is no cross-modal term. The per-sample loss is each clip's mean view loss summed
+    over its modalities, so the trainer's sample mean is exactly that sum.
+    """
+
+    modalities: tuple[str, ...]
+    temperature: float
+    uses_sample_weight: ClassVar[bool] = True  # the loss couples a batch's samples
+    randoms_per_sample: ClassVar[int] = DRAWS
+    groups: ClassVar[tuple[str, ...]] = ("shared_backbone", "projection")
+    reads: ClassVar[tuple[str, ...]] = ("shared_backbone", "projection")
+
+    @property
+    def name(self) -> str:
+        return "simclr_" + "_".join(self.modalities)
+
+    def sample_loss(
+        self, model: Any, audio: torch.Tensor, visual: torch.Tensor, labels: torch.Tensor,
+        weight: torch.Tensor, randoms: torch.Tensor,
+    ) -> torch.Tensor:  # fmt: skip
+        loss = torch.zeros(audio.shape[0], device=audio.device)
+        n = audio.shape[0]
+        if "audio" in self.modalities:
+            u = randoms[:, AUDIO_VIEWS]
+            both = torch.cat([model.audio_views(audio, u[:, 0]), model.audio_views(audio, u[:, 1])])
+            z = model.embed(both)
+            loss = loss + nt_xent(z[:n], z[n:], weight, self.temperature)
+        if "visual" in self.modalities:
+            both = torch.cat([model.image_views(visual, randoms[:, s]) for s in IMAGE_VIEWS])
+            z = model.embed(both)
+            loss = loss + nt_xent(z[:n], z[n:], weight, self.temperature)
+        return loss

@@ -30,7 +30,10 @@ BUILTIN = (
     "avfl.methods.bmsfed",
     "avfl.methods.dimml",
     "avfl.methods.cmrf",
+    "avfl.methods.fssuavl",
+    "avfl.methods.fassl",
     "avfl.methods.centralised",
+    "avfl.methods.ssl_random_probe",
 )
 ENTRY_POINT_GROUP = "avfl.methods"
 
@@ -77,6 +80,10 @@ def registry() -> dict[str, MethodSpec]:
         for needed in spec.requires():
             if needed not in found:
                 raise RegistryError(f"method {spec.name} consumes unknown method {needed!r}")
+        if spec.settings_of and spec.settings_of not in found:
+            raise RegistryError(
+                f"method {spec.name} takes the settings of unknown method {spec.settings_of!r}"
+            )
     return found
 
 
@@ -87,6 +94,11 @@ def get_method(name: str) -> MethodSpec:
         raise ValueError(f"unknown method {name!r}; registered: {', '.join(registry())}") from None
 
 
-def methods(role: str = "method") -> list[str]:
-    """Registered names of one role, in registry order."""
-    return [name for name, spec in registry().items() if spec.role == role]
+def methods(role: str = "method", opt_in: bool = False) -> list[str]:
+    """Registered names of one role, in registry order; the opt-in ones (MethodSpec.opt_in)
+    only with `opt_in`."""
+    return [
+        name
+        for name, spec in registry().items()
+        if spec.role == role and (opt_in or not spec.opt_in)
+    ]

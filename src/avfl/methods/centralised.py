@@ -32,17 +32,20 @@ def centralised_epochs(federated: dict[str, Any], n_clients: int) -> int:
 
 def linear_probe(ctx: RunContext, modality: str, strengths: list[float]) -> dict[str, Any]:
     """Logistic regression on standardised embeddings: C picked on dev, then tested."""
+    norm = getattr(ctx.model, f"{modality}_input")
+    return fit_linear_probe(norm(getattr(ctx.data, modality).float()), ctx.data, strengths)
+
+
+def fit_linear_probe(features, data, strengths: list[float]) -> dict[str, Any]:
+    """Multinomial logistic regression on `features` (N, d) of the training clips, the inverse
+    regularisation strength C picked on dev accuracy; test metrics with C and the dev top-1."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     from avfl.evaluate import classification_metrics
 
-    data = ctx.data
-    norm = getattr(ctx.model, f"{modality}_input")
-    features = getattr(data, modality)
-
     def inputs(idx):
-        return norm(features[idx].float()).detach().cpu().numpy().astype(np.float64)
+        return features[idx].detach().cpu().numpy().astype(np.float64)
 
     train_idx = data.training_indices()
     x, y = inputs(train_idx), data.labels[train_idx].cpu().numpy()

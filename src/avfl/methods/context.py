@@ -20,7 +20,7 @@ class RunContext:
     """Everything a method needs for one (dataset, fold, rate, seed) run."""
 
     data: FederatedData
-    model: torch.nn.Module
+    model: torch.nn.Module | None  # None for a method that builds its own (MethodSpec.raw_inputs)
     initial_state: dict[str, torch.Tensor]
     train: TrainSettings
     federated: Mapping[str, Any]  # the `federated` block in effect for this method

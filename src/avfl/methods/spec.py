@@ -85,6 +85,18 @@ class MethodSpec:
     # orders the workflow's jobs (longest chains first, so that few cores are not left with
     # one long job at the end); it never changes a result.
     cost: float = 1.0
+    # Runs only where `experiment.methods` names it (a method), or where that list names it
+    # beside the methods (a reference): the self-supervised methods train a backbone from the
+    # raw inputs, hours of a CPU where the whole default grid takes minutes.
+    opt_in: bool = False
+    # Trains its own backbone from the stored fbank and frames, whatever `model.mode` says: its
+    # jobs read the features, not the frozen backbones' embeddings, and build their own model
+    # (the run's `ctx.model` is None).
+    raw_inputs: bool = False
+    # Configured by another method's block (`methods.<settings_of>`, its settings and its
+    # `federated` overrides): FASSL and the random-init probe are parts of FSSUAVL's
+    # comparison, which holds only if all three run with the same settings.
+    settings_of: str = ""
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -93,6 +105,9 @@ class MethodSpec:
             raise ValueError(f"method {self.name}: cost must be positive, got {self.cost}")
         if self.role not in ROLES:
             raise ValueError(f"method {self.name}: role must be one of {ROLES}")
+        if self.settings_of and self.settings:
+            raise ValueError(f"method {self.name}: settings_of={self.settings_of!r} takes that "
+                             "method's settings; declare none of its own")  # fmt: skip
         names = [s.name for s in self.settings]
         if len(set(names)) != len(names) or "federated" in names:
             raise ValueError(
@@ -131,6 +146,9 @@ def method(
     cite: str = "",
     objective_drifts: bool = False,
     cost: float = 1.0,
+    opt_in: bool = False,
+    raw_inputs: bool = False,
+    settings_of: str = "",
 ) -> Callable[[Callable[[RunContext], MethodResult]], MethodSpec]:
     """Decorator: the decorated `run(ctx)` becomes the method's MethodSpec."""
 
@@ -139,7 +157,8 @@ def method(
         return MethodSpec(
             name=name, display=display, colour=colour, run=run, uses_rate=uses_rate,
             settings=tuple(settings), consumes=consumes, consumed_federated=consumed_federated, role=role, cite=cite, summary=summary,
-            module=run.__module__, objective_drifts=objective_drifts, cost=cost,
+            module=run.__module__, objective_drifts=objective_drifts, cost=cost, opt_in=opt_in,
+            raw_inputs=raw_inputs, settings_of=settings_of,
         )  # fmt: skip
 
     return wrap

@@ -38,6 +38,14 @@ class AudioInput(nn.Module):
         return (fbank.float() - self.mean) / (2 * self.std)
 
 
+def valid_fbank_stats(fbank: torch.Tensor, indices: torch.Tensor) -> dict[str, float]:
+    """The mean and std over the valid (unpadded) frames of the clips `indices`: a backbone's
+    input statistics, from the training clips only (float64 sums)."""
+    values = fbank[indices.to(fbank.device)].double()
+    values = values[values.abs().sum(dim=-1) > 0]  # padding rows are exact zeros
+    return {"mean": float(values.mean()), "std": float(values.std(unbiased=False))}
+
+
 def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
     """uint8 (B, S, S, 3) -> float (B, 3, S, S) in [0, 1]."""
     return frames.permute(0, 3, 1, 2).float() / 255.0

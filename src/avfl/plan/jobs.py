@@ -137,7 +137,8 @@ def _name(
 
 def _job(variants: Variants, grid: Grid, dataset: str, variant: str, fold: int, method: str,
          runs: list[RunPaths]) -> PlannedJob:  # fmt: skip
-    frozen = variants.frozen(variant)
+    raw = get_method(method).raw_inputs  # trains its own backbone: reads the features
+    frozen = variants.frozen(variant) and not raw
     embeddings = variants.embedding_files(dataset, variant, fold) if frozen else None
     features = variants.feature_files(dataset)
     inputs = [features["manifest"]]
@@ -150,6 +151,8 @@ def _job(variants: Variants, grid: Grid, dataset: str, variant: str, fold: int, 
     block = variants.variants[variant]["methods"][method]
     settings = variants.effective(dataset, variant, method)
     backbones = [variants.variants[variant]["model"][m]["backbone"] for m in ("audio", "visual")]
+    if raw:  # its backbone has parameters, whatever model.<modality>.backbone names
+        backbones = ["trained"]
     spec = JobSpec(
         dataset=dataset, variant=variant, fold=fold, method=method, settings=settings,
         config_hash=variants.config_hash(dataset, variant, method),

@@ -48,7 +48,10 @@ class Grid:
 
     @functools.cached_property
     def methods(self) -> list[str]:
-        return self.experiment["methods"] or methods("method")
+        named = self.experiment["methods"]
+        if not named:
+            return methods("method")
+        return [m for m in named if get_method(m).role != "reference"]
 
     @functools.cached_property
     def ablation_methods(self) -> list[str]:
@@ -57,7 +60,11 @@ class Grid:
 
     @functools.cached_property
     def references(self) -> list[str]:
-        return methods("reference")
+        """Every reference that is not opt-in (the first, centralised, is the health guard's),
+        then the opt-in ones `experiment.methods` names."""
+        named = self.experiment["methods"] or []
+        chosen = [r for r in methods("reference", opt_in=True) if r in named]
+        return methods("reference") + [r for r in chosen if r not in methods("reference")]
 
     @functools.cached_property
     def rates(self) -> list[float]:

@@ -168,9 +168,9 @@ class Variants:
     def effective(self, dataset: str, variant: str, method: str) -> dict[str, Any]:
         """Everything a run of `method` depends on, besides (fold, rate, seed)."""
         cfg = self.variants[variant]
-        block = dict(cfg["methods"][method])
-        overrides = block.pop("federated", {})
         spec = get_method(method)
+        block = dict(cfg["methods"][spec.settings_of or method])  # MethodSpec.settings_of
+        overrides = block.pop("federated", {})
         return {
             "model": cfg["model"],
             "federated": {**cfg["federated"], **overrides},
