@@ -154,6 +154,7 @@ def tiny_job(
         "extract": training["extract"],
         "selection_metric": "top1",
         "method": block,
+        "evaluation": config["evaluation"],
         "consumes": {},
     }
     root = training["root"]

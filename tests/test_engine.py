@@ -512,3 +512,30 @@ def test_client_sampling_is_a_function_of_seed_phase_and_round():
     rng2 = np.random.default_rng(derive_seed(4, "p", 7) % 2**63)
     server = FedAvgServer(Phase("p", range(10), lambda c: AudioTask(), 1, 3, "audio"))
     assert server.select(7, rng1, list(range(10)), 3) == server.select(7, rng2, list(range(10)), 3)
+
+
+def test_a_server_can_start_each_client_from_its_own_state():
+    """`Server.client_start`: a client's local training starts from what the server gives it
+    (a personalised method's cluster model and the client's own layers), the others from the
+    round's global state."""
+    data = make_data(n_clients=4)
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+
+    class PerClient(FedAvgServer):
+        def client_start(self, rnd, client, state):
+            if client != 2:
+                return state
+            return {**state, "audio_head.bias": state["audio_head.bias"] + 100.0}
+
+        def aggregate(self, rnd, state, updates):
+            seen.update({u.client: {k: v.clone() for k, v in u.state.items()} for u in updates})
+            return super().aggregate(rnd, state, updates)
+
+    phase = Phase("p", range(4), lambda c: AudioTask(), rounds=1, clients_per_round=4,
+                  select_by="audio", server=PerClient)  # fmt: skip
+    model = fresh_model()
+    start = initial(model)
+    run_phase(phase, model, start, data, settings(lr=0.0), 0, log=quiet)
+    assert torch.equal(seen[2]["audio_head.bias"], start["audio_head.bias"] + 100.0)
+    for client in (0, 1, 3):  # lr 0: each update is its start
+        assert torch.equal(seen[client]["audio_head.bias"], start["audio_head.bias"])

@@ -36,7 +36,7 @@ BLOCK = re.compile(
 )
 SNAPSHOT_FILES = (f"{paths.TABLE1}.md", f"{paths.FIGURE2}.png", f"{paths.FIGURE3}.png",
                   f"{paths.ABLATIONS}.md", f"{paths.FIGURE3_VARIANTS}.png", paths.RUNS_TABLE,
-                  f"{paths.CLAIMS}.md", f"{paths.CLAIMS}.csv")  # fmt: skip
+                  f"{paths.CLAIMS}.md", f"{paths.CLAIMS}.csv", f"{paths.PERSONALISED}.md")  # fmt: skip
 
 
 # --- the schema ---------------------------------------------------------------------------
@@ -490,11 +490,13 @@ def results_block(experiment: str, what: str, root: Path = REPO, link_prefix: st
     folder = root / "docs" / "results" / experiment
     meta_path = folder / "snapshot.json"
     name = {"table1": f"{paths.TABLE1}.md", "ablations": f"{paths.ABLATIONS}.md",
-            "claims": f"{paths.CLAIMS}.md"}[what]  # fmt: skip
+            "claims": f"{paths.CLAIMS}.md", "personalised": f"{paths.PERSONALISED}.md"}[what]  # fmt: skip
     if not (folder / name).exists() or not meta_path.exists():
         return f"*No snapshot of `{experiment}` yet: run it, then `python -m avfl docs --snapshot results/report/{experiment}`.*\n"
     meta = json.loads(meta_path.read_text())
     body = (folder / name).read_text().rstrip() + "\n"
+    if what == "personalised":  # inside a page: its own heading goes
+        body = "\n".join(body.splitlines()[2:]).strip() + "\n"
     if what == "claims":  # inside a page: its title goes, its sections move down a level
         lines = body.splitlines()[1:]
         body = (
@@ -629,6 +631,9 @@ def blocks(root: Path = REPO) -> dict[tuple[Path, str], Callable[[], str]]:
         ),
         (root / "docs/results/embedded.md", "table1"): lambda: results_block(
             "embedded", "table1", root
+        ),
+        (root / "docs/results/embedded.md", "personalised"): lambda: results_block(
+            "embedded", "personalised", root
         ),
         (root / "docs/results/embedded.md", "ablations"): lambda: results_block(
             "ablations", "ablations", root

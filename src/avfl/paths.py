@@ -59,6 +59,7 @@ FIGURE2 = "fig2_label_f1"
 FIGURE3 = "fig3_missing_rate"
 ABLATIONS = "ablations"
 CLAIMS = "claims"  # the paper's claims, tested (report/claims.py)
+PERSONALISED = "personalised"  # each client's model on its own label mix (report/personalised.py)
 FIGURE3_VARIANTS = "fig3_variants"
 RUNS_TABLE = "runs.csv"
 IDENTITY = "experiment.json"  # what a report folder reports (its experiment and datasets)
@@ -119,6 +120,7 @@ def report_files(report: str, variants: bool) -> dict[str, list[str]]:
         "captions": [f"{report}/{fill(CAPTION, name=n)}" for n in CAPTIONS],
         "identity": [f"{report}/{IDENTITY}"],
         "claims": [f"{report}/{CLAIMS}.{e}" for e in TABLE_FORMATS],
+        "personalised": [f"{report}/{PERSONALISED}.{e}" for e in TABLE_FORMATS],
     }
     if variants:
         files["ablations"] = [f"{report}/{ABLATIONS}.{e}" for e in TABLE_FORMATS]

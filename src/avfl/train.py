@@ -43,6 +43,7 @@ from avfl.methods import get_method
 from avfl.methods.context import MethodResult, RunContext
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone, valid_fbank_stats
 from avfl.models.heads import AVModel, feature_stats
+from avfl.personalise import personalised_scores
 from avfl.records import save_torch, verify_checksum, with_checksum, write_json
 
 # The runs of a job build their models in their own threads; PyTorch's initialisers draw from
@@ -165,6 +166,15 @@ def _record(job: JobSpec, run: RunSpec, data: FederatedData, result: MethodResul
         model.load_state_dict({**model.state_dict(), **state})
         tests[kind] = evaluate(model, data, data.test, kind)
     tests |= result.metrics
+    personalised = None
+    steps = job.settings.get("evaluation", {}).get("personalised_steps", [])
+    if steps and "audio" in result.evaluate:
+        own = result.personalise or (model, result.evaluate["audio"], data)
+        personalised = personalised_scores(
+            *own,
+            train_settings(job.settings["federated"], job.settings["selection_metric"]),
+            steps, run.seed, run.rate is not None,
+        )  # fmt: skip
     phases = result.phases
     budget = {
         "client_trainings": sum(p.client_updates for p in phases.values()),
@@ -197,6 +207,8 @@ def _record(job: JobSpec, run: RunSpec, data: FederatedData, result: MethodResul
         "test_by_model": tests,
         "classes": data.class_names,
     }  # fmt: skip
+    if personalised is not None:
+        record["personalised"] = personalised
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     record["peak_memory_mb"] = _peak_host_memory_mb()
     record["peak_gpu_memory_mb"] = (

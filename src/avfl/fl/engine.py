@@ -283,6 +283,14 @@ def _same_bucket(a: tuple[PhaseProgress, Task], b: tuple[PhaseProgress, Task]) -
     )
 
 
+def _client_start(live: PhaseProgress, client: int) -> Mapping[str, torch.Tensor]:
+    """The state a client's local training starts from: the round's global state, or what the
+    phase's server gives that client (`Server.client_start`: a personalised method's cluster
+    model and the client's own layers)."""
+    hook = getattr(live.server, "client_start", None)
+    return live.state if hook is None else hook(live.round, client, live.state)
+
+
 def _train_round(active: Sequence[PhaseProgress]) -> None:
     """One round of every active run: select clients, assign their tasks, train in lockstep
     buckets, aggregate."""
@@ -322,7 +330,7 @@ def _train_round(active: Sequence[PhaseProgress]) -> None:
             results = train_rows(
                 first.model,
                 [task for _, _, task in chunk],
-                [live.state for live, _, _ in chunk],
+                [_client_start(live, c) for live, c, _ in chunk],
                 [live.run.data.clients[c] for live, c, _ in chunk],
                 [
                     derive_seed(live.run.seed, live.run.phase.name, live.round, c)

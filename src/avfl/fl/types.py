@@ -67,7 +67,12 @@ class Server(Protocol):
 
     Client sampling, local training, evaluation and checkpoints belong to the engine; a
     strategy only decides. `state_dict`/`load_state_dict` carry whatever it keeps across
-    rounds (momentum, prototypes, ...) through checkpoints, so a resumed run is identical.
+    rounds (momentum, prototypes, each client's own layers ...) through checkpoints, so a
+    resumed run is identical.
+
+    A strategy may define `client_start(rnd, client, state) -> state`: the state that client
+    starts its local training from, instead of the round's global `state` (a personalised
+    method's cluster model with the client's own layers). It must not change `state`.
     """
 
     def start(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -80,3 +80,7 @@ class MethodResult:
     evaluate: dict[str, Mapping[str, torch.Tensor]]
     saved: dict[str, Mapping[str, torch.Tensor]] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # What a client fine-tunes in the personalised evaluation (avfl/personalise.py), where it
+    # is not (`model`, `evaluate["audio"]`, the run's data): (model, state, data), such as
+    # FSSUAVL's audio probe on its frozen backbone's features.
+    personalise: tuple[torch.nn.Module, Mapping[str, torch.Tensor], FederatedData] | None = None

@@ -117,7 +117,10 @@ def pretrain_and_probe(ctx: RunContext, use_frames: bool, pretrain: bool = True)
         standardised = probe.audio_input(features).detach()
         metrics["probe_central"] = fit_linear_probe(standardised, data, s["probe_strengths"])
     saved = {"backbone": {k: v for k, v in selected.items() if k.startswith("shared_backbone.")}}
-    return MethodResult(model, phases, {"audio": selected}, saved=saved, metrics=metrics)
+    # A client's personalised model fine-tunes the probe on the frozen features, as it was trained.
+    personalise = (probe, phases[PROBE].state, probe_data)
+    return MethodResult(model, phases, {"audio": selected}, saved=saved, metrics=metrics,
+                        personalise=personalise)  # fmt: skip
 
 
 def backbone_features(model, data, batch: int = 256):

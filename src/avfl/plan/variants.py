@@ -179,6 +179,8 @@ class Variants:
             # Models are selected on the metric Table 1 reports (top-5 on ActivityNet).
             "selection_metric": self.dataset(dataset)["report_metric"],
             "method": block,
+            # The personalised evaluation is part of the run's record (avfl/personalise.py).
+            "evaluation": cfg["evaluation"],
             "consumes": {
                 c: self.config_hash(dataset, self.consumed_variant(variant, method, c), c)
                 for c in spec.requires(block)

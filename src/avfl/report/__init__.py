@@ -27,7 +27,7 @@ def write_reports(
 ) -> str:
     """Write every report file into `out`; returns Table 1 in Markdown (for the log)."""
     from avfl.records import write_json
-    from avfl.report import captions, claims, figures, tables
+    from avfl.report import captions, claims, figures, personalised, tables
 
     p = paths
 
@@ -84,6 +84,13 @@ def write_reports(
         claims.claims_markdown(found, settings["identity"]["experiment"])
     )
     (out / f"{p.CLAIMS}.tex").write_text(claims.claims_latex(found))
+    # Beside Table 1: each client's model on its own label mix, after k fine-tuning steps.
+    mine = personalised.personalised_rows(
+        default, settings["table1_rates"], [*methods, *references]
+    )
+    (out / f"{p.PERSONALISED}.csv").write_text(personalised.personalised_csv(mine))
+    (out / f"{p.PERSONALISED}.md").write_text(personalised.personalised_markdown(mine, rates))
+    (out / f"{p.PERSONALISED}.tex").write_text(personalised.personalised_latex(mine, rates))
     if len(settings["variants"]) > 1 or extra:
         ablation, by_method = [], []
         for d in datasets:
