@@ -21,6 +21,7 @@ BUILTIN_METHODS = [
     "fedadam",
     "bmsfed",
     "dimml",
+    "m3fed",
 ]
 
 

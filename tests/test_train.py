@@ -58,7 +58,7 @@ def test_same_seed_same_record_other_seed_other_record(tiny_training, tmp_path):
     assert a["dev_curve"] != c["dev_curve"]
 
 
-@pytest.mark.parametrize("method", ["multifl", "unifl", "fedadam", "bmsfed", "dimml"])
+@pytest.mark.parametrize("method", ["multifl", "unifl", "fedadam", "bmsfed", "dimml", "m3fed"])
 def test_runs_trained_in_one_job_equal_runs_trained_alone(tiny_training, tmp_path, method):
     torch.set_num_threads(1)
     rates, seeds = (0.25, 0.5, 0.75), (0, 1)

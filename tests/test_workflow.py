@@ -231,7 +231,7 @@ def test_parsing_the_workflow_needs_no_torch(tmp_path: Path):
 def test_every_method_learns_a_dataset_whose_audio_hides_in_silence(tmp_path: Path):
     """Clean tones in long digital silence, read through source_dir: every method's audio
     model reaches 80 % of the centralised audio reference (it sat at chance before inputs
-    were standardised)."""
+    were standardised); M3Fed's clients' own models do."""
     from .media import write_silent_tone_dataset
 
     source = write_silent_tone_dataset(tmp_path / "mine")
@@ -252,7 +252,17 @@ def test_every_method_learns_a_dataset_whose_audio_hides_in_silence(tmp_path: Pa
     ]
     (reference,) = [r for r in records if r["method"] == "centralised"]
     assert reference["test_by_model"]["probe_audio"]["top1"] > 0.9
-    methods = {r["method"]: r["test"]["top1"] for r in records if r["role"] == "method"}
+    from avfl.methods import get_method
+
+    # M3Fed's result is its clients' own models (its Table 1 cell is a server-built consensus
+    # model, MethodSpec.table1_note): their mean score on their own label mixes.
+    methods = {
+        r["method"]: r["personalised"]["k0"]["mean"]
+        if get_method(r["method"]).table1_note
+        else r["test"]["top1"]
+        for r in records
+        if r["role"] == "method"
+    }
     assert set(methods) == set(BUILTIN_METHODS)
     for method, top1 in methods.items():
         assert top1 >= 0.8 * reference["test"]["top1"], (method, top1, reference["test"]["top1"])

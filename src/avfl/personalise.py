@@ -63,37 +63,49 @@ def step_indices(indices: torch.Tensor, steps: int, batch: int, seed: int) -> to
 
 
 def personalised_scores(
-    model: torch.nn.Module, state: Mapping[str, torch.Tensor], data: FederatedData,
-    cfg: TrainSettings, steps: Sequence[int], seed: int, has_rate: bool,
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]],
+    data: FederatedData, cfg: TrainSettings, steps: Sequence[int], seed: int, has_rate: bool,
+    task: Any = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """{"k<steps>": {"mean", "audio_only", "multimodal", "per_client"}} for each k in `steps`."""
-    model.load_state_dict({**model.state_dict(), **state})
-    test_labels = data.labels[data.test]
+    """{"k<steps>": {"mean", "audio_only", "multimodal", "per_client"}} for each k in `steps`.
+    `state`: the model every client starts from, or one per client (a personalised method's
+    own models); `task`: what a fine-tuning step trains (default AudioTask: the audio model)."""
     clients = range(len(data.clients))
+    own = list(state) if isinstance(state, list | tuple) else [state] * len(data.clients)
+    task = task or AudioTask()
+    base = {k: v.clone() for k, v in model.state_dict().items()}
+    test_labels = data.labels[data.test]
     weights = [
         label_mix_weights(data.labels[data.clients[c]], test_labels, data.n_classes)
         for c in clients
     ]
     out: dict[str, Any] = {}
     for k in steps:
-        if k == 0:
+        shared = all(s is own[0] for s in own)
+        if k == 0 and shared:  # one model for all: one forward pass
+            model.load_state_dict({**base, **own[0]})
             logits = predict(model, data, data.test, "audio")
             per_client = [weighted_accuracy(logits, test_labels, w) for w in weights]
         else:
-            one_epoch = replace(cfg, local_epochs=1)
-            starts = [dict(state)] * len(data.clients)
-            indices = [
-                step_indices(data.clients[c], k, cfg.batch_size, derive_seed(seed, "personalise", k, c))
-                for c in clients
-            ]  # fmt: skip
-            seeds = [derive_seed(seed, "personalise_rows", k, c) for c in clients]
-            rows = train_rows(model, AudioTask(), starts, indices, seeds, data, one_epoch)
+            trained = [{} for _ in clients]
+            if k > 0:
+                one_epoch = replace(cfg, local_epochs=1)
+                starts = [{**base, **own[c]} for c in clients]
+                indices = [
+                    step_indices(data.clients[c], k, cfg.batch_size, derive_seed(seed, "personalise", k, c))
+                    for c in clients
+                ]  # fmt: skip
+                seeds = [derive_seed(seed, "personalise_rows", k, c) for c in clients]
+                trained = [
+                    r.state
+                    for r in train_rows(model, task, starts, indices, seeds, data, one_epoch)
+                ]
             per_client = []
-            for c, row in zip(clients, rows, strict=True):
-                model.load_state_dict({**model.state_dict(), **state, **row.state})
+            for c in clients:
+                model.load_state_dict({**base, **own[c], **trained[c]})
                 logits = predict(model, data, data.test, "audio")
                 per_client.append(weighted_accuracy(logits, test_labels, weights[c]))
-            model.load_state_dict({**model.state_dict(), **state})
+        model.load_state_dict(base)
 
         def mean(values: list[float]) -> float | None:
             found = [v for v in values if v == v]

@@ -40,7 +40,7 @@ from avfl.fl.engine import UNREADABLE, unreadable
 from avfl.fl.types import TrainSettings, derive_seed
 from avfl.jobspec import JobSpec, RunSpec
 from avfl.methods import get_method
-from avfl.methods.context import MethodResult, RunContext
+from avfl.methods.context import MethodResult, Personalise, RunContext
 from avfl.models.backbones import build_audio_backbone, build_visual_backbone, valid_fbank_stats
 from avfl.models.heads import AVModel, feature_stats
 from avfl.personalise import personalised_scores
@@ -169,12 +169,13 @@ def _record(job: JobSpec, run: RunSpec, data: FederatedData, result: MethodResul
     personalised = None
     steps = job.settings.get("evaluation", {}).get("personalised_steps", [])
     if steps and "audio" in result.evaluate:
-        own = result.personalise or (model, result.evaluate["audio"], data)
+        own = result.personalise or Personalise(model, result.evaluate["audio"], data)
+        cfg = own.train or train_settings(
+            job.settings["federated"], job.settings["selection_metric"]
+        )
         personalised = personalised_scores(
-            *own,
-            train_settings(job.settings["federated"], job.settings["selection_metric"]),
-            steps, run.seed, run.rate is not None,
-        )  # fmt: skip
+            own.model, own.states, own.data, cfg, steps, run.seed, run.rate is not None, own.task
+        )
     phases = result.phases
     budget = {
         "client_trainings": sum(p.client_updates for p in phases.values()),
@@ -209,6 +210,8 @@ def _record(job: JobSpec, run: RunSpec, data: FederatedData, result: MethodResul
     }  # fmt: skip
     if personalised is not None:
         record["personalised"] = personalised
+    if result.diagnostics:
+        record["diagnostics"] = result.diagnostics
     record["wall_time_s"] = round(time.perf_counter() - started, 3)
     record["peak_memory_mb"] = _peak_host_memory_mb()
     record["peak_gpu_memory_mb"] = (

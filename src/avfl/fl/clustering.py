@@ -42,11 +42,15 @@ def spectral_clusters(affinity: np.ndarray, n_clusters: int, seed: int) -> np.nd
     m = max(1, min(n_clusters, k))
     if m == 1:
         return np.zeros(k, dtype=np.int64)
+    import warnings
+
     from sklearn.cluster import SpectralClustering
 
-    found = SpectralClustering(
-        n_clusters=m, affinity="precomputed", random_state=seed % 2**32, assign_labels="kmeans"
-    ).fit_predict(affinity)
+    with warnings.catch_warnings():  # "k >= N": a round's few clients, solved densely instead
+        warnings.filterwarnings("ignore", message="k >= N", category=RuntimeWarning)
+        found = SpectralClustering(
+            n_clusters=m, affinity="precomputed", random_state=seed % 2**32, assign_labels="kmeans"
+        ).fit_predict(affinity)
     order = {label: i for i, label in enumerate(dict.fromkeys(found.tolist()))}
     return np.array([order[label] for label in found], dtype=np.int64)
 

@@ -182,8 +182,10 @@ class PhaseProgress:
     def checkpoint(self) -> dict[str, Any]:
         """What resuming needs. A finished phase never aggregates again, so its server's
         state (BMSFed's stores of every client's update, hundreds of MB per run at the paper's
-        scale) is left out: None."""
-        server = None if self.done else self.server.state_dict()
+        scale) is left out: None, unless the strategy keeps what the method reads after the
+        phase (`keeps_state_when_done`: M3Fed's clients' own layers and cluster models)."""
+        keep = not self.done or getattr(self.server, "keeps_state_when_done", False)
+        server = self.server.state_dict() if keep else None
         return {
             "format": CHECKPOINT_FORMAT, "state": self.state, "best": self.best, "curve": self.curve,
             "round": self.round, "losses": self.losses, "server": server,

@@ -29,6 +29,7 @@ BUILTIN = (
     "avfl.methods.fedadam",
     "avfl.methods.bmsfed",
     "avfl.methods.dimml",
+    "avfl.methods.m3fed",
     "avfl.methods.cmrf",
     "avfl.methods.fssuavl",
     "avfl.methods.fassl",

@@ -81,6 +81,22 @@ class MethodResult:
     saved: dict[str, Mapping[str, torch.Tensor]] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     # What a client fine-tunes in the personalised evaluation (avfl/personalise.py), where it
-    # is not (`model`, `evaluate["audio"]`, the run's data): (model, state, data), such as
-    # FSSUAVL's audio probe on its frozen backbone's features.
-    personalise: tuple[torch.nn.Module, Mapping[str, torch.Tensor], FederatedData] | None = None
+    # is not the audio model of `model`, `evaluate["audio"]` and the run's data: FSSUAVL's
+    # probe on its frozen features, M3Fed's clients' own models.
+    personalise: Personalise | None = None
+    # Method-specific numbers for the record's `diagnostics` (M3Fed's cluster agreement).
+    diagnostics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Personalise:
+    """The personalised evaluation's inputs for a method that differs from the default:
+    `states` one per client (each client's own model) or one for all; `task` what a
+    fine-tuning step trains (default: the audio model, AudioTask); `train` its optimizer
+    settings (default: the run's)."""
+
+    model: torch.nn.Module
+    states: Mapping[str, torch.Tensor] | list[Mapping[str, torch.Tensor]]
+    data: FederatedData
+    task: Any = None
+    train: TrainSettings | None = None

@@ -61,7 +61,7 @@ def pretrain_and_probe(ctx: RunContext, use_frames: bool, pretrain: bool = True)
     from avfl.fl.engine import NO_DEV
     from avfl.fl.tasks import AudioTask
     from avfl.fl.types import Phase, derive_seed
-    from avfl.methods.context import MethodResult
+    from avfl.methods.context import MethodResult, Personalise
     from avfl.methods.spec import rounds_of
     from avfl.models.backbones import valid_fbank_stats
     from avfl.models.heads import feature_stats
@@ -118,7 +118,7 @@ def pretrain_and_probe(ctx: RunContext, use_frames: bool, pretrain: bool = True)
         metrics["probe_central"] = fit_linear_probe(standardised, data, s["probe_strengths"])
     saved = {"backbone": {k: v for k, v in selected.items() if k.startswith("shared_backbone.")}}
     # A client's personalised model fine-tunes the probe on the frozen features, as it was trained.
-    personalise = (probe, phases[PROBE].state, probe_data)
+    personalise = Personalise(probe, phases[PROBE].state, probe_data)
     return MethodResult(model, phases, {"audio": selected}, saved=saved, metrics=metrics,
                         personalise=personalise)  # fmt: skip
 

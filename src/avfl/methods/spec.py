@@ -97,6 +97,9 @@ class MethodSpec:
     # `federated` overrides): FASSL and the random-init probe are parts of FSSUAVL's
     # comparison, which holds only if all three run with the same settings.
     settings_of: str = ""
+    # A note under Table 1 wherever the method is in it: what its cell is, where that differs
+    # from what the method optimises (M3Fed's server-built consensus model).
+    table1_note: str = ""
 
     def __post_init__(self) -> None:
         if not NAME.match(self.name):
@@ -149,6 +152,7 @@ def method(
     opt_in: bool = False,
     raw_inputs: bool = False,
     settings_of: str = "",
+    table1_note: str = "",
 ) -> Callable[[Callable[[RunContext], MethodResult]], MethodSpec]:
     """Decorator: the decorated `run(ctx)` becomes the method's MethodSpec."""
 
@@ -158,7 +162,7 @@ def method(
             name=name, display=display, colour=colour, run=run, uses_rate=uses_rate,
             settings=tuple(settings), consumes=consumes, consumed_federated=consumed_federated, role=role, cite=cite, summary=summary,
             module=run.__module__, objective_drifts=objective_drifts, cost=cost, opt_in=opt_in,
-            raw_inputs=raw_inputs, settings_of=settings_of,
+            raw_inputs=raw_inputs, settings_of=settings_of, table1_note=table1_note,
         )  # fmt: skip
 
     return wrap

@@ -51,6 +51,7 @@ def write_reports(
         for d in datasets
         for n in tables.start_notes(default[d], methods, [float(r) for r in rates])
     ]
+    notes += tables.method_notes(methods, default)
     (out / f"{p.TABLE1}.csv").write_text(tables.table1_csv(rows))
     markdown = tables.table1_markdown(rows, rates, notes)
     (out / f"{p.TABLE1}.md").write_text(markdown)

@@ -179,6 +179,18 @@ def budget_notes(runs: Iterable[Mapping[str, Any]], methods: Sequence[str]) -> l
     return notes
 
 
+def method_notes(
+    methods: Sequence[str], runs_by_dataset: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[str]:
+    """Each method's `table1_note` (MethodSpec), where the method has runs in the table."""
+    present = {r["method"] for runs in runs_by_dataset.values() for r in runs}
+    return [
+        f"{registry()[m].display}: {registry()[m].table1_note}"
+        for m in methods
+        if m in present and m in registry() and registry()[m].table1_note
+    ]
+
+
 def start_notes(
     runs: Iterable[Mapping[str, Any]], methods: Sequence[str], rates: Sequence[float] | None = None
 ) -> list[str]:
