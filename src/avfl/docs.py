@@ -646,6 +646,9 @@ def blocks(root: Path = REPO) -> dict[tuple[Path, str], Callable[[], str]]:
         ),
         (root / "docs/results/ssl.md", "table1"): lambda: results_block("ssl", "table1", root),
         (root / "docs/results/ssl.md", "claims"): lambda: results_block("ssl", "claims", root),
+        (root / "docs/results/ssl.md", "personalised"): lambda: results_block(
+            "ssl", "personalised", root
+        ),
         (root / "docs/guide/ablations.md", "ablation-choices"): lambda: ablation_choices(
             specs, variants
         ),
