@@ -179,3 +179,14 @@ def test_the_ssl_loss_falls_and_the_pretrained_probes_beat_the_random_init_probe
                 assert len(losses) == 6 and losses[-1] < 0.8 * losses[0], losses
     pretrained = np.mean(dev["fssuavl"] + dev["fassl"])
     assert pretrained > np.mean(dev["ssl_random_probe"]), dev
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+def test_building_the_model_draws_nothing_from_the_global_generator(backbone):
+    """A job's runs build their models in parallel threads while others seed and draw from
+    PyTorch's global generator (avfl.train): a draw here would change another run's start."""
+    state = torch.get_rng_state()
+    model = SSLModel(backbone, 5, 16, 200, -6.0, 4.0, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.get_rng_state(), state)
+    again = SSLModel(backbone, 5, 16, 200, -6.0, 4.0, torch.Generator().manual_seed(0))
+    assert all(torch.equal(v, again.state_dict()[n]) for n, v in model.state_dict().items())

@@ -195,3 +195,13 @@ def test_every_ablation_runs(tiny_training, tmp_path, off):
     assert record["personalised"]["k1"]["mean"] is not None
     if off == {"gcbc": False}:
         assert record["diagnostics"]["clusters"]["rounds"] == 0  # one cluster: nothing to compare
+
+
+def test_building_the_model_draws_nothing_from_the_global_generator():
+    """A job's runs build their models in parallel threads while others seed and draw from
+    PyTorch's global generator (avfl.train): a draw here would change another run's start."""
+    torch.manual_seed(0)
+    base = AVModel(6, 5, CLASSES, HIDDEN, 0.0)
+    state = torch.get_rng_state()
+    _model_class()(base, CLASSES, HIDDEN, RANK, True, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.get_rng_state(), state)

@@ -64,7 +64,9 @@ def _model_class():
             self.personal_projection = torch.nn.utils.skip_init(nn.Linear, hidden, rank, bias=False)
             with torch.no_grad():
                 nn.init.orthogonal_(self.personal_projection.weight, generator=generator)
-            self.consensus = nn.Linear(hidden, rank, bias=False)  # G: starts as T
+            # G starts as T. skip_init: nothing here draws from PyTorch's global generator,
+            # which other runs of the job seed and draw from while building their models.
+            self.consensus = torch.nn.utils.skip_init(nn.Linear, hidden, rank, bias=False)
             with torch.no_grad():
                 self.consensus.weight.copy_(self.personal_projection.weight)
             self.personal_head = seeded_linear(width, n_classes, generator)

@@ -90,11 +90,18 @@ class SSLModel(nn.Module):
         super().__init__()
         if backbone not in BACKBONES:
             raise ValueError(f"unknown backbone {backbone!r}; choose one of {BACKBONES}")
-        self.shared_backbone = SharedCNN() if backbone == "small_cnn" else ResNet18Backbone()
-        dim = self.shared_backbone.out_dim
-        self.projection = nn.Linear(dim, projection_dim)  # linear, as L-DAWA's (open point 6)
+        # Built on the meta device, so that no layer's default initialisation draws from
+        # PyTorch's global generator (which other runs of a job seed and draw from while they
+        # build their models), then materialised and initialised from `generator` alone.
+        with torch.device("meta"):
+            backbone_module = SharedCNN() if backbone == "small_cnn" else ResNet18Backbone()
+            dim = backbone_module.out_dim
+            projection = nn.Linear(dim, projection_dim)  # linear, as L-DAWA's (open point 6)
+            head = nn.Linear(dim, n_classes)
+        self.shared_backbone = backbone_module.to_empty(device="cpu")
+        self.projection = projection.to_empty(device="cpu")
         self.audio_input = Standardise(dim)
-        self.audio_head = nn.Linear(dim, n_classes)
+        self.audio_head = head.to_empty(device="cpu")
         for part in (self.shared_backbone, self.projection, self.audio_head):
             seeded_init(part, generator)
         self.image_size, self.window = image_size, window
