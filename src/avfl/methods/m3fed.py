@@ -35,7 +35,8 @@ reweighted to its label mix. A client never sampled has the consensus model's la
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from avfl.methods.spec import method, setting
 
@@ -84,23 +85,17 @@ def _model_class():
     return M3FedModel
 
 
+@dataclass(frozen=True)
 class M3FedTask:
     """A client's local step (Eq. 3-4, first order), and the audio-visual loss on multimodal
-    clients. `kind`: "audio" (audio-only) or "multimodal"."""
+    clients. `kind`: "audio" (audio-only) or "multimodal". Frozen: equal tasks train in
+    lockstep."""
 
-    uses_sample_weight = True  # the support/query split and the inner step see real clips only
-
-    def __init__(self, kind: str, lam: float, inner_lr: float, cspm: bool):
-        self.kind, self.lam, self.inner_lr, self.cspm = kind, lam, inner_lr, cspm
-
-    def _key(self):
-        return (self.kind, self.lam, self.inner_lr, self.cspm)
-
-    def __eq__(self, other):
-        return isinstance(other, M3FedTask) and self._key() == other._key()
-
-    def __hash__(self):
-        return hash(self._key())
+    kind: str
+    lam: float
+    inner_lr: float
+    cspm: bool
+    uses_sample_weight: ClassVar[bool] = True  # the support/query split sees real clips only
 
     @property
     def name(self) -> str:
@@ -155,20 +150,16 @@ class M3FedTask:
         return loss
 
 
+@dataclass(frozen=True)
 class InnerTask:
     """The personalised evaluation's step: the inner step alone, on (T, psi) (Eq. 3)."""
 
-    def __init__(self, lam: float, cspm: bool):
-        self.lam, self.cspm = lam, cspm
-        self.name = "m3fed_inner"
-        self.groups = ("personal_projection", "personal_head")
-        self.reads = (
-            "audio_input",
-            "audio_encoder",
-            "personal_projection",
-            "personal_head",
-            "consensus",
-        )
+    lam: float
+    cspm: bool
+    name: ClassVar[str] = "m3fed_inner"
+    groups: ClassVar[tuple[str, ...]] = ("personal_projection", "personal_head")
+    reads: ClassVar[tuple[str, ...]] = ("audio_input", "audio_encoder", "personal_projection",
+                                        "personal_head", "consensus")  # fmt: skip
 
     def sample_loss(self, model, audio, visual, labels):
         from torch.nn import functional as F
@@ -365,8 +356,6 @@ def m3fed(ctx: RunContext) -> MethodResult:
     dominant = {c: int(np.bincount(data.labels[data.clients[c]].cpu().numpy()).argmax())
                 for c in range(len(data.clients))}  # fmt: skip
     diagnostics = {"clusters": cluster_agreement(keeper.history, data.audio_only, dominant)}
-    from dataclasses import replace
-
     inner = replace(ctx.train, optimizer="sgd", lr=s["inner_lr"], momentum=0.0, weight_decay=0.0)
     personalise = Personalise(model, own, data, InnerTask(s["lam"], s["cspm"]), inner)
     return MethodResult(
